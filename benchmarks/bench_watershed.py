@@ -11,8 +11,21 @@
 3. **Accuracy**: F1 at IoU 0.5 for nuclei and whole cells on synthetic slides with ground truth,
    and on the DSB-2018 nuclei image (``../shared/data/nuclei_dsb2018_stardist``) when present.
 
+4. **Tile stage** (``--tile-stage``): what one engine tile task does, in this process, on an
+   8-channel OME-Zarr slide from :func:`tiledseg.datasets.write_synthetic_slide` -- read the
+   window (``_Reader``), ``prepare``, ``segment``, ``own_cells``, scratch write -- in CPU
+   seconds per Mpx of slide per step. Statistics and fitted thresholds are computed once
+   beforehand (not timed). ``--numpy-kernels`` runs the NumPy paths instead of the compiled
+   (numba) flood, group preparation and ownership statistics; ``--dask-reads`` reads windows
+   through Dask and without the strip cache, as the engine did before: together, the tile
+   stage before the round that added them.
+
 Run: .venv/bin/python benchmarks/bench_watershed.py [--size 2048] [--tile 1024] [--end-to-end]
      [--write benchmarks/results/backends.md]
+     .venv/bin/python benchmarks/bench_watershed.py --tile-stage 4096 [--repeats 2]
+     [--numpy-kernels] [--dask-reads]
+     .venv/bin/python benchmarks/bench_watershed.py --kernel-only [--numpy-kernels]
+     .venv/bin/python benchmarks/bench_watershed.py --end-to-end-only [--numpy-kernels] [--dask-reads]
 """
 
 from __future__ import annotations
@@ -193,6 +206,91 @@ def end_to_end(image: np.ndarray, names: tuple[str, ...], panel: Any, *, tile: i
             "cells": result.n_cells, **{f"stage_{k}_s": v for k, v in result.stage_seconds.items()}}
 
 
+def use_numpy_kernels() -> None:
+    """Run the NumPy flood, group preparation and ownership runs instead of the compiled ones."""
+    import tiledseg.segment._classical as classical
+    import tiledseg.segment._prepare as prep
+    import tiledseg.stitch._ownership as ownership
+
+    classical._FLOOD_KERNEL["fn"] = None
+    prep._GROUP_KERNEL["fn"] = None
+    ownership._STATISTICS_KERNEL["fn"] = None
+
+
+def use_previous_reader() -> None:
+    """Read windows as the engine did before the direct chunk reader and the strip cache."""
+    import tiledseg.cluster._segment as engine
+
+    engine.zarr_channels = lambda array: None  # type: ignore[assignment]
+    engine._Reader._evicted = lambda self, key, block: None  # type: ignore[method-assign]
+
+
+def tile_stage(size: int, *, tile: int, repeats: int, dask_reads: bool, workdir: Path) -> dict[str, float]:
+    """CPU s per Mpx of each step of the engine's tile task, over every tile of a ``size``² slide."""
+    import shutil
+
+    from tiledseg.api._segment import _build_backend
+    from tiledseg.cluster._segment import _chunk_grid, _Reader, build_inputs
+    from tiledseg.datasets import write_synthetic_slide
+    from tiledseg.io import open_slide
+    from tiledseg.io._scratch import ScratchStore
+    from tiledseg.segment._prepare import statistics_from_array
+    from tiledseg.segment._protocol import PREPARED_BINS
+    from tiledseg.stitch import own_cells
+    from tiledseg.tiling import halo_from_physics, plan_tiles
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = str(workdir / f"synthetic-{size}.ome.zarr")
+    if not Path(url).exists():
+        write_synthetic_slide(url, (size, size), 8, seed=0, chunks=(1, 1024, 1024), truth=False)
+    slide = open_slide(url)
+    backend = _build_backend("watershed", {}, slide=slide, halo_um=None)
+    names = tuple(backend.channels(slide.channel_names))
+    image = build_inputs(slide, names)
+    data = np.asarray(image.compute())
+    stats = statistics_from_array(data, names)
+    hist = prepared_histogram(np.asarray(backend.prepare(data, pixel_size_um=1.0, stats=stats)))
+    fitted = backend.fit(hist, prepared_edges(hist.shape[0], bins=PREPARED_BINS))
+    del data
+    halo = halo_from_physics(max_cell_diameter_um=float(backend.halo_um()), pixel_size_um=1.0)
+    plan = plan_tiles((size, size), tile_size=tile, halo=int(halo), chunks=_chunk_grid(image))
+    if dask_reads:
+        use_previous_reader()
+    reader = _Reader(image, chunks=_chunk_grid(image))
+    scratch_dir = workdir / f"scratch-{size}"
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    scratch = ScratchStore(str(scratch_dir))
+    scratch.begin(fingerprint="bench")
+    steps = {"read": 0.0, "prepare": 0.0, "segment": 0.0, "own_cells": 0.0, "scratch write": 0.0}
+
+    def one(t: Any, timed: bool) -> None:
+        marks = [time.process_time()]
+        window = reader.read(t.window)
+        marks.append(time.process_time())
+        prepared = backend.prepare(window, pixel_size_um=1.0, stats=stats)
+        marks.append(time.process_time())
+        labels = backend.segment(prepared, pixel_size_um=1.0, fitted=fitted)
+        marks.append(time.process_time())
+        owned = own_cells(np.asarray(labels), tile=t, slide_shape=plan.shape)
+        marks.append(time.process_time())
+        scratch.write_tile(t.index, owned.labels, owned.table(), attrs={"cells": owned.n})
+        marks.append(time.process_time())
+        if timed:
+            for key, a, b in zip(steps, marks[:-1], marks[1:], strict=True):
+                steps[key] += b - a
+
+    one(plan[0], False)  # imports, compiled-kernel cache loads
+    for _ in range(repeats):
+        reader._cache.clear()
+        for t in plan.tiles:
+            one(t, True)
+    mpx = size * size / 1e6 * repeats
+    out = {k: v / mpx for k, v in steps.items()}
+    out["total"] = sum(out.values())
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    return out
+
+
 def accuracy() -> list[tuple[str, float]]:
     rows = []
     for seed in (1, 2, 3):
@@ -240,7 +338,45 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--end-to-end", action="store_true")
     parser.add_argument("--write", type=Path, default=None, help="markdown file to write the figures to")
+    parser.add_argument("--tile-stage", type=int, default=None, metavar="SIZE",
+                        help="only profile the engine's tile task on a SIZE² OME-Zarr slide")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the tiles (--tile-stage)")
+    parser.add_argument("--numpy-kernels", action="store_true",
+                        help="NumPy flood, group preparation and ownership instead of the compiled ones")
+    parser.add_argument("--dask-reads", action="store_true",
+                        help="read windows through Dask, without the strip cache (the previous reader)")
+    parser.add_argument("--kernel-only", action="store_true",
+                        help="only the kernel throughput of the default watershed")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tiledseg-bench-watershed"))
+    parser.add_argument("--end-to-end-only", action="store_true",
+                        help="only the end-to-end run (honours --numpy-kernels and --dask-reads)")
     args = parser.parse_args()
+    if args.numpy_kernels:
+        use_numpy_kernels()
+    if args.dask_reads:
+        use_previous_reader()
+    if args.end_to_end_only:
+        s = synthetic_slide((args.size, args.size), 8, seed=0)
+        r = end_to_end(s.image, s.channel_names, s.panel, tile=args.tile)
+        print(f"end to end, {args.size}² slide, tile {args.tile}, numpy kernels {args.numpy_kernels}, dask reads "
+              f"{args.dask_reads}, load {os.getloadavg()[0]:.1f}: {r['cpu_s']:.2f} CPU s, "
+              f"{r['mpx_per_cpu_s']:.2f} Mpx per CPU s, {r['cells']} cells; stages (wall s) "
+              + ", ".join(f"{k[6:-2]} {v:.1f}" for k, v in r.items() if k.startswith("stage_")))
+        return
+    if args.tile_stage is not None:
+        r = tile_stage(args.tile_stage, tile=args.tile, repeats=args.repeats, dask_reads=args.dask_reads,
+                       workdir=args.workdir)
+        print(f"tile stage, {args.tile_stage}² slide, tile {args.tile}, numpy kernels {args.numpy_kernels}, "
+              f"dask reads {args.dask_reads}, load {os.getloadavg()[0]:.1f}: CPU s per Mpx "
+              + ", ".join(f"{k} {v:.4f}" for k, v in r.items()))
+        return
+    if args.kernel_only:
+        s = synthetic_slide((args.size, args.size), 8, seed=0)
+        r = kernel_throughput(get_backend("watershed", **ROLES), s.image, s.channel_names, tile=args.tile)
+        print(f"kernel watershed default, {args.size}² slide, tile {args.tile}, numpy kernels "
+              f"{args.numpy_kernels}, load {os.getloadavg()[0]:.1f}: {r['mpx_per_cpu_s']:.2f} Mpx/s per core "
+              f"({r['cpu_s'] / r['mpx']:.4f} CPU s/Mpx)")
+        return
 
     s = synthetic_slide((args.size, args.size), 8, seed=0)
     names = s.channel_names

@@ -109,8 +109,12 @@ def test_run_command_with_json_log(tmp_path: Path, slide: str, address: str) -> 
     log = tmp_path / "events.jsonl"
     out = tmp_path / "out"
     res = runner.invoke(app, ["run", slide, "-o", str(out), "--scheduler", address, "--tile-size", "128",
-                              "--json-log", str(log), "--statistics", "mean,median"])
+                              "--json-log", str(log), "--statistics", "mean,median", "--statistics-sample", "0.5"])
     assert res.exit_code == 0, res.output
+    from tiledseg.io import open_labels
+
+    sample = dict(open_labels(slide, "cells").attrs["tiledseg"])["statistics"]["extra"]["sample"]
+    assert sample["requested"] == 0.5 and sample["blocks"] == 2 and sample["fraction"] == 0.5
     assert "tiledseg run: 1 slide(s)" in res.output and "done" in res.output
     events = [json.loads(line) for line in log.read_text().splitlines()]
     tiles = [e for e in events if e["stage"] == "tiles" and e["kind"] == "advance"]
@@ -120,7 +124,7 @@ def test_run_command_with_json_log(tmp_path: Path, slide: str, address: str) -> 
     assert (out / "s.cells.parquet").exists()
     # re-running resumes: everything reused
     res = runner.invoke(app, ["run", slide, "-o", str(out), "--scheduler", address, "--tile-size", "128",
-                              "--statistics", "mean,median"])
+                              "--statistics", "mean,median", "--statistics-sample", "0.5"])
     assert res.exit_code == 0 and "reused" in res.output
 
 

@@ -89,6 +89,11 @@ def test_segment_model_probabilities_and_params(calls: list[dict[str, Any]], tmp
     assert call["model_path"] == str(model) and call["compartment"] == "nuclear"
     assert call["model_batch_size"] == 4 and call["nuclear"] == ["DNA1", "DNA2"]
     assert call["inputs"] is None and call["client"] is None
+    assert call["statistics_sample"] == "auto"
+
+    res = runner.invoke(app, ["segment", "s.ome.zarr", "--statistics-sample", "0.25"])
+    assert res.exit_code == 0, res.output
+    assert calls[-1]["statistics_sample"] == "0.25"
 
     res = runner.invoke(app, ["segment", "s.ome.zarr", "-b", "cellpose", "--model", "nuclei",
                               "--param", "diameter_um=12.5"])

@@ -193,3 +193,41 @@ def test_one_pass_statistics_edge_cases() -> None:
         merge_fused([])
     with pytest.raises(ParameterError, match="parts"):
         merge_fused([fused_partial(np.zeros((1, 2, 2), np.uint8)), fused_partial(np.zeros((2, 2, 2), np.uint8))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    dtype=st.sampled_from(["float32", "float64", "uint16", "int16", "uint8"]),
+    bins=st.sampled_from([1, 7, 1024, 4096]),
+    size=st.integers(0, 3000),
+)
+def test_uniform_histogram_equals_numpy(seed: int, dtype: str, bins: int, size: int) -> None:
+    from tiledseg.segment._statistics import uniform_histogram
+
+    rng = np.random.default_rng(seed)
+    values = (rng.gamma(1.5, 40.0, size) - 5).astype(dtype)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    # values exactly on the edges, the ends, and non-finite ones are the delicate cases
+    edges = np.histogram_bin_edges(np.zeros(0), bins=bins, range=(np.float64(lo), np.float64(hi)))
+    extra = edges[rng.integers(0, edges.size, size=min(size, 50))].astype(dtype)
+    values = np.concatenate([values, extra, np.array([lo, hi], dtype=dtype)])
+    if dtype == "float64":  # one ulp either side of every edge: NumPy's correction steps
+        values = np.concatenate([values, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    if values.dtype.kind == "f":
+        values = np.concatenate([values, np.array([np.nan, np.inf, -np.inf], dtype=dtype)])
+    got = uniform_histogram(values.reshape(1, -1), lo, hi, bins)
+    ref = np.histogram(values, bins=bins, range=(np.float64(lo), np.float64(hi)))[0]
+    assert got.dtype == np.int64 and np.array_equal(got, ref)
+
+
+def test_uniform_histogram_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiledseg.segment import _statistics
+
+    monkeypatch.setitem(_statistics._KERNELS, "uniform", None)
+    values = np.random.default_rng(1).random((30, 40)).astype(np.float32)
+    got = _statistics.uniform_histogram(values, 0.0, 1.0, 16)
+    assert np.array_equal(got, np.histogram(values, bins=16, range=(0.0, 1.0))[0])

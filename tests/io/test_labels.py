@@ -233,3 +233,20 @@ def test_open_labels_checks_64_bit_values_fit(slide_url: str) -> None:
     _store_level0_as(slide_url, "big", too_big)
     with pytest.raises(SlideFormatError, match="fit uint32"):
         open_labels(slide_url, "big").data.compute()
+
+
+def test_label_levels_use_the_unshuffled_codec_and_images_the_shuffled_one(
+    slide_url: str, label_image: np.ndarray
+) -> None:
+    write_labels(slide_url, "cells", label_image)
+    writer = begin_labels(slide_url, "engine", chunks=(32, 32))
+    assert writer.create_level1()
+    writer.write_region(label_image[:64, :64].astype(np.uint32), offset=(0, 0), level1=True)
+    writer.finalize(level1_written=True)
+    for name in ("cells", "engine"):
+        for path in ("0", "1", "2"):
+            arr = zarr.open_array(f"{slide_url}/labels/{name}/{path}", mode="r")
+            [codec] = arr.compressors
+            assert codec.cname.value == "lz4" and codec.shuffle.value == "noshuffle", (name, path, codec)
+    [image_codec] = zarr.open_array(f"{slide_url}/0", mode="r").compressors
+    assert image_codec.shuffle.value == "shuffle"

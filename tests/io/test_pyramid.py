@@ -55,6 +55,28 @@ def test_label_block_values_come_from_their_block(rows: int, cols: int, seed: in
             assert out[r, c] in values[counts == counts.max()]
 
 
+def _mode_by_counting(labels: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    """Reference: count all 16 pairs of each padded 2x2 block; ties to (tl, tr, bl, br) order."""
+    rows, cols = labels.shape[-2:]
+    pad = [(0, 0)] * (labels.ndim - 2) + [(0, rows % 2), (0, cols % 2)]
+    padded = np.pad(labels, pad, mode="edge")
+    quads = np.stack([padded[..., 0::2, 0::2], padded[..., 0::2, 1::2], padded[..., 1::2, 0::2], padded[..., 1::2, 1::2]])
+    votes = (quads[:, None] == quads[None, :]).sum(axis=1)
+    return np.take_along_axis(quads, np.argmax(votes, axis=0)[None], axis=0)[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)),
+    values=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_label_mode_ties_go_to_the_first_value_in_block_order(shape: tuple[int, int, int], values: int, seed: int) -> None:
+    labels = np.random.default_rng(seed).integers(0, values, size=shape).astype(np.uint32)
+    assert np.array_equal(downsample_labels_block(labels), _mode_by_counting(labels))
+    assert np.array_equal(downsample_labels_block(labels[0]), _mode_by_counting(labels[0]))
+
+
 def test_level_shapes() -> None:
     assert level_shapes((1000, 300), (256, 256)) == [(1000, 300), (500, 150), (250, 75)]
     assert level_shapes((10, 10), (1024, 1024)) == [(10, 10)]

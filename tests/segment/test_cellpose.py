@@ -7,9 +7,12 @@ the per-process model cache and check exactly what would be handed to Cellpose.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +89,34 @@ def _prepare(backend: CellposeBackend, image: NDArray[np.float32], pixel_size_um
 
 
 class _Recorder:
-    """Stands in for ``CellposeModel``: records ``eval`` calls, returns one mask per input."""
+    """Stands in for ``CellposeModel``: records ``eval`` calls, returns one mask per input.
+
+    With ``compute_masks=False`` (Cellpose 3 path) it returns flows the way Cellpose does:
+    ``[rgb, dP (2, [Z,] Y, X), cellprob ([Z,] Y, X)]``, squeezed.
+    """
+
+    diam_mean = np.float32(30.0)
 
     def __init__(self) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
         self.calls: list[tuple[NDArray[np.float32], dict[str, Any]]] = []
 
-    def eval(self, x: NDArray[np.float32], **kwargs: Any) -> tuple[Any, None, None]:
+    def eval(self, x: NDArray[np.float32], **kwargs: Any) -> tuple[Any, Any, None]:
         self.calls.append((np.array(x), kwargs))
-        masks = (x[..., 1] > 0.5).astype(np.uint16)  # any deterministic function of the input
-        return masks, None, None
+        if kwargs.get("compute_masks", True):
+            masks = (x[..., 1] > 0.5).astype(np.uint16)  # any deterministic function of the input
+            return masks, None, None
+        prob = 8.0 * (x[..., 0] - 0.5)
+        # flows towards the window's centre: one mask of the pixels with prob > threshold
+        ny, nx = prob.shape[-2:]
+        yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+        towards = np.stack([(ny - 1) / 2 - yy, (nx - 1) / 2 - xx])
+        towards /= np.maximum(np.hypot(towards[0], towards[1]), 1.0)
+        flow = np.broadcast_to(towards.reshape((2,) + (1,) * (prob.ndim - 2) + (ny, nx)),
+                               (2,) + prob.shape).astype(np.float32)
+        return np.zeros(0), [None, flow.squeeze(), prob.squeeze()], None
 
 
 def _install_recorder(backend: CellposeBackend, *, major: int = 3) -> _Recorder:
@@ -152,6 +174,37 @@ def test_offline_builtin_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     if int(version("cellpose").split(".")[0]) < 4:
         with pytest.raises(ParameterError, match="Cellpose >= 4"):
             load_cellpose_model("cpsam", device="cpu")
+
+
+def test_cellpose4_loads_cpsam_or_files_and_refuses_cellpose3_names(
+    monkeypatch: pytest.MonkeyPatch, model_file: Path
+) -> None:
+    """Cellpose 4 would silently swap a Cellpose 3 name for cpsam: refused before it sees it."""
+    import torch
+
+    from tiledseg.segment import cellpose as module
+
+    built: list[dict[str, Any]] = []
+
+    class FakeModel:
+        diam_mean = 30.0
+
+        def __init__(self, **kwargs: Any) -> None:
+            built.append(kwargs)
+
+    class FakeModels:
+        CellposeModel = FakeModel
+
+    monkeypatch.setattr(module, "_import_cellpose", lambda: (torch, FakeModels, 4))
+    for name in ("cyto3", "nuclei"):
+        with pytest.raises(ParameterError, match=r"Cellpose 3 model.*'cpsam'"):
+            load_cellpose_model(name, device="cpu")
+    assert built == []
+    loaded = load_cellpose_model("cpsam", device="cpu")
+    assert loaded.major == 4 and built[-1]["pretrained_model"] == "cpsam"
+    assert "model_type" not in built[-1]
+    load_cellpose_model(str(model_file), device="cpu")
+    assert built[-1]["pretrained_model"] == str(model_file)
 
 
 def test_model_file_removed_before_the_worker_loads_it(tmp_path: Path, model_file: Path,
@@ -328,6 +381,110 @@ def test_segment_batch_equals_one_by_one(model_file: Path) -> None:
     for b, s in zip(batched, single):
         assert b.dtype == np.uint32
         np.testing.assert_array_equal(b, s)
+
+
+def test_pipeline_reproduces_cellpose_eval_of_the_stack(model_file: Path, fresh_cache: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network passes split per group of windows, masks in threads: Cellpose's own answer.
+
+    ``segment_batch`` must feed the network exactly the batches that one ``eval`` of the whole
+    stack would (same tiles, same order) and return exactly its masks.
+    """
+    from cellpose import core
+
+    image, _ = synthetic_cells((96, 96), seed=5)
+    backend = _backend(model_file, model_batch_size=2, diameter_um=8.0)  # rescale 10 / 8
+    prepared, fitted = _prepare(backend, image)
+    windows = [prepared[:, r : r + 40, c : c + 40].copy() for r, c in ((0, 0), (8, 50), (50, 8), (56, 56))]
+    windows.insert(2, prepared[:, :30, :44].copy())  # a shape of its own
+    forwards: list[tuple[int, ...]] = []
+    forward = core._forward
+
+    def recording(net: Any, x: NDArray[np.float32]) -> Any:
+        forwards.append((x.shape, float(np.asarray(x, np.float64).sum())))
+        return forward(net, x)
+
+    monkeypatch.setattr(core, "_forward", recording)
+    got = backend.segment_batch(windows, pixel_size_um=1.0, fitted=fitted)
+    ours, forwards = forwards, []
+    loaded = backend._model()
+    kwargs = backend._eval_kwargs(loaded, 1.0)
+    stack = np.stack([backend._cellpose_input(w, fitted, index=0) for i, w in enumerate(windows) if i != 2])
+    masks = loaded.model.eval(stack, channel_axis=3, z_axis=0, **kwargs)[0]
+    single = loaded.model.eval(backend._cellpose_input(windows[2], fitted, index=2), channel_axis=2, **kwargs)[0]
+    theirs = forwards
+    assert sorted(ours) == sorted(theirs)  # the same forward batches (group order may differ)
+    assert max(shape[0] for shape, _ in ours) == 2  # model_batch_size tiles per pass
+    expected = [masks[0], masks[1], single, masks[2], masks[3]]
+    assert min(int(m.max()) for m in expected) >= 1
+    for g, e in zip(got, expected):
+        assert g.dtype == np.uint32
+        np.testing.assert_array_equal(g, e)
+
+
+def test_mask_dynamics_overlap_the_network(model_file: Path, fresh_cache: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masks of window k are computed while the network runs window k+1."""
+    image, _ = synthetic_cells((48, 48), seed=3)
+    backend = _backend(model_file, model_batch_size=1)
+    prepared, fitted = _prepare(backend, image)
+    windows = [prepared[:, k : k + 32, k : k + 32].copy() for k in (0, 4, 8, 12)]
+    timeout = 5.0
+    lock = threading.Lock()
+    started: dict[tuple[str, int], threading.Event] = {}
+    spans: dict[tuple[str, int], list[float]] = {}
+
+    def begin(kind: str) -> int:
+        with lock:
+            k = sum(1 for key in spans if key[0] == kind)
+            spans[(kind, k)] = [time.perf_counter(), math.inf]
+            event = started.setdefault((kind, k), threading.Event())
+        event.set()
+        return k
+
+    def wait(key: tuple[str, int]) -> None:
+        with lock:
+            event = started.setdefault(key, threading.Event())
+        event.wait(timeout)
+
+    rec = _install_recorder(backend)
+    record_eval = rec.eval
+
+    def gated_eval(x: NDArray[np.float32], **kwargs: Any) -> Any:
+        k = begin("net")
+        if k >= 1:
+            wait(("masks", k - 1))
+        try:
+            return record_eval(x, **kwargs)
+        finally:
+            spans[("net", k)][1] = time.perf_counter()
+
+    masks = CellposeBackend._masks
+
+    def gated_masks(self: CellposeBackend, *args: Any) -> Any:
+        k = begin("masks")
+        if k + 1 < len(windows):
+            wait(("net", k + 1))
+        try:
+            return masks(self, *args)
+        finally:
+            spans[("masks", k)][1] = time.perf_counter()
+
+    rec.eval = gated_eval  # type: ignore[method-assign]
+    monkeypatch.setattr(CellposeBackend, "_masks", gated_masks)
+    start = time.perf_counter()
+    got = backend.segment_batch(windows, pixel_size_um=1.0, fitted=fitted)
+    elapsed = time.perf_counter() - start
+    assert len(rec.calls) == 4 and all(kw["compute_masks"] is False for _, kw in rec.calls)
+    for k in range(3):
+        (s1, e1), (s2, e2) = spans[("net", k + 1)], spans[("masks", k)]
+        assert s1 < e2 and s2 < e1, spans  # the two intervals overlap
+    assert elapsed < timeout
+    monkeypatch.undo()
+    rec.eval = record_eval  # type: ignore[method-assign]
+    for g, w in zip(got, windows):
+        np.testing.assert_array_equal(g, backend.segment(w, pixel_size_um=1.0, fitted=fitted))
+    assert max(int(g.max()) for g in got) >= 1
 
 
 # --------------------------------------------------------------------------------------------

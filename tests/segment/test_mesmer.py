@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +32,19 @@ from tests.segment.conftest_dl import (
 )
 from tiledseg.errors import BackendError, MissingDependencyError, ModelNotFoundError, ParameterError
 from tiledseg.segment import get_backend
-from tiledseg.segment._dl_cache import clear_model_cache, model_load_count, resolve_device
+from tiledseg.segment._dl_cache import (
+    cached_model,
+    clear_model_cache,
+    model_load_count,
+    resolve_device,
+)
 from tiledseg.segment._dl_patches import assemble_patches, cut_patches, resize_labels
 from tiledseg.segment._dl_watershed import (
     deep_watershed,
     histogram_normalization,
     percentile_nonzero_from_histogram,
 )
-from tiledseg.segment.mesmer import MODEL_ENV_VAR, MesmerBackend
+from tiledseg.segment.mesmer import MODEL_ENV_VAR, MesmerBackend, load_mesmer_model
 from tiledseg.testing import BackendConformance, BackendSample
 
 pytest.importorskip("tensorflow")
@@ -390,6 +399,44 @@ def test_deep_watershed_matches_reference() -> None:
     np.testing.assert_array_equal(ours, ref)
 
 
+def test_compiled_h_maxima_equals_scikit_image() -> None:
+    """The compiled reconstruction gives scikit-image's h-maxima bit for bit (plateaus too)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import footprint_rectangle
+
+    from tiledseg.segment._dl_watershed import _reconstruct_kernel, h_maxima_float
+
+    pytest.importorskip("numba")
+    assert _reconstruct_kernel() is not None
+    rng = np.random.default_rng(11)
+    for case in range(120):
+        shape = (int(rng.integers(1, 48)), int(rng.integers(1, 48)))
+        img = rng.random(shape)
+        if case % 3 == 0:
+            img = ndi.gaussian_filter(img, rng.uniform(0.5, 3.0))
+        if case % 4 == 0:
+            img = np.round(img * int(rng.integers(2, 12))) / 10.0  # plateaus and ties
+        if case % 7 == 0:
+            img = img * 1e6
+        h = float(rng.choice([0.001, 0.01, 0.075, 0.1, 0.3]))
+        fp = disk(int(rng.integers(0, 4))) if case % 5 else footprint_rectangle((3, 3))
+        before = img.copy()
+        got = h_maxima_float(img, h, footprint=fp)
+        np.testing.assert_array_equal(img, before)
+        expected = h_maxima(img, h, footprint=fp)
+        assert got.dtype == expected.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected, err_msg=f"case {case}: {shape}, h={h}")
+    # what the kernel does not cover goes to scikit-image: same answers
+    odd = ndi.gaussian_filter(rng.random((30, 30)), 1.5)
+    lopsided = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 1]], dtype=bool)
+    np.testing.assert_array_equal(h_maxima_float(odd, 0.01, footprint=lopsided),
+                                  h_maxima(odd, 0.01, footprint=lopsided))
+    # NaN is an error (scikit-image's reconstruction crashes the process on it)
+    odd[3, 4] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        h_maxima_float(odd, 0.1, footprint=disk(1))
+
+
 def test_deep_watershed_fills_small_holes() -> None:
     interior = np.zeros((40, 40))
     interior[5:35, 5:35] = 1.0
@@ -471,3 +518,164 @@ def test_real_mesmer_agrees_with_steinbock_masks() -> None:
     # cell count within 15 % of the reference Mesmer masks
     n_ref = len(np.unique(reference)) - 1
     assert abs(int(labels.max()) - n_ref) <= 0.15 * n_ref
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline: CPU work overlapped with the model, results unchanged
+# --------------------------------------------------------------------------------------------
+
+
+class _Timeline:
+    """Start/end times of pipeline stages, and rendezvous between them.
+
+    ``meet(kind, k, other)`` marks stage ``(kind, k)`` as started and waits (at most
+    ``timeout`` seconds) until ``other`` has started too. Two stages that meet each other can
+    only both return promptly when they run at the same time; a serial pipeline times out, and
+    the recorded intervals then do not overlap.
+    """
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.events: dict[tuple[str, int], threading.Event] = {}
+        self.spans: dict[tuple[str, int], list[float]] = {}
+        self.counts: dict[str, int] = {}
+
+    def _event(self, key: tuple[str, int]) -> threading.Event:
+        with self.lock:
+            return self.events.setdefault(key, threading.Event())
+
+    def begin(self, kind: str) -> int:
+        with self.lock:
+            k = self.counts.get(kind, 0)
+            self.counts[kind] = k + 1
+            self.spans[(kind, k)] = [time.perf_counter(), math.inf]
+        self._event((kind, k)).set()
+        return k
+
+    def wait(self, key: tuple[str, int]) -> None:
+        self._event(key).wait(self.timeout)
+
+    def end(self, kind: str, k: int) -> None:
+        self.spans[(kind, k)][1] = time.perf_counter()
+
+    def overlap(self, a: tuple[str, int], b: tuple[str, int]) -> bool:
+        (s1, e1), (s2, e2) = self.spans[a], self.spans[b]
+        return s1 < e2 and s2 < e1
+
+
+def _serial_mesmer(backend: MesmerBackend, windows: list[NDArray[np.float32]], *,
+                   pixel_size_um: float, fitted: dict[str, float]) -> list[NDArray[np.uint32]]:
+    """What ``segment_batch`` computes, one step after the other (no threads)."""
+    model = backend._model()
+    clips = backend._clips(fitted)
+    out = [np.zeros(w.shape[1:], np.uint32) for w in windows]
+    todo = [i for i, w in enumerate(windows) if np.ptp(w[0]) > 0 or np.ptp(w[1]) > 0]
+    cuts = {i: cut_patches(backend._preprocess(windows[i], pixel_size_um=pixel_size_um, clips=clips),
+                           patch=model.patch) for i in todo}
+    stacked = np.concatenate([cuts[i][0] for i in todo])
+    b = backend.model_batch_size
+    maps = np.concatenate([backend._select(model(stacked[s : s + b]))
+                           for s in range(0, stacked.shape[0], b)])
+    start = 0
+    for i in todo:
+        n = cuts[i][1].n_patches
+        out[i] = backend._finish(maps[start : start + n], cuts[i][1], windows[i].shape[1:])
+        start += n
+    return out
+
+
+def test_pipeline_equals_serial_computation(model_dir: Path) -> None:
+    """Prefetch and post-processing threads change nothing: labels equal a serial run's."""
+    image, _ = synthetic_cells((176, 176), seed=6)
+    backend = _backend(model_dir, model_batch_size=3)
+    prepared, fitted = _run(backend, image)
+    # 4, 1, 0 (blank), 4 and 1 model patches at 0.7 µm/px: batches of 3 straddle windows
+    windows = [prepared[:, :176, :170].copy(), prepared[:, 10:74, 20:100].copy(),
+               np.zeros((2, 40, 40), np.float32), prepared[:, 3:176, 6:160].copy(),
+               prepared[:, 100:150, 90:176].copy()]
+    before = [w.copy() for w in windows]
+    expected = _serial_mesmer(backend, windows, pixel_size_um=0.7, fitted=fitted)
+    # any iterable of windows is accepted (the engine may hand over a generator)
+    got = backend.segment_batch((w for w in windows), pixel_size_um=0.7, fitted=fitted)
+    assert len(got) == 5 and got[2].max() == 0 and min(g.max() for g in got[:2]) > 0
+    for g, e, w, b in zip(got, expected, windows, before):
+        assert g.dtype == np.uint32
+        np.testing.assert_array_equal(g, e)
+        np.testing.assert_array_equal(w, b)  # inputs untouched
+
+
+def test_pipeline_overlaps_cpu_work_with_the_model(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Window k+1 is read and prepared, and window k-1 post-processed, while window k is in the model."""
+    clear_model_cache()
+    backend = _backend(model_dir, model_batch_size=1)
+    image, _ = synthetic_cells((64, 64), seed=1)
+    prepared, fitted = _run(backend, image)
+    n = 4  # windows of one 256^2 patch each at 0.5 µm/px
+    real = load_mesmer_model(model_dir, device="cpu")
+    line = _Timeline()
+
+    class GatedModel:
+        patch = real.patch
+
+        def __call__(self, batch: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+            k = line.begin("model")
+            if k + 1 < n:
+                line.wait(("read", k + 1))
+                line.wait(("prepare", k + 1))
+            if k >= 1:
+                line.wait(("post", k - 1))
+            try:
+                return real(batch)
+            finally:
+                line.end("model", k)
+
+    def reads() -> Iterator[NDArray[np.float32]]:
+        """A lazy source, as the engine's reader could hand over: read k+1 while k is inferred."""
+        for _ in range(n):
+            k = line.begin("read")
+            if k >= 1:
+                line.wait(("model", k - 1))
+            window = prepared.copy()
+            line.end("read", k)
+            yield window
+
+    preprocess, finish = MesmerBackend._preprocess, MesmerBackend._finish
+
+    def gated_preprocess(self: MesmerBackend, *args: Any, **kwargs: Any) -> Any:
+        k = line.begin("prepare")
+        if k >= 1:
+            line.wait(("model", k - 1))
+        try:
+            return preprocess(self, *args, **kwargs)
+        finally:
+            line.end("prepare", k)
+
+    def gated_finish(self: MesmerBackend, *args: Any) -> Any:
+        k = line.begin("post")
+        if k + 1 < n:
+            line.wait(("model", k + 1))
+        try:
+            return finish(self, *args)
+        finally:
+            line.end("post", k)
+
+    monkeypatch.setattr(MesmerBackend, "_preprocess", gated_preprocess)
+    monkeypatch.setattr(MesmerBackend, "_finish", gated_finish)
+    cached_model(("mesmer", backend.model_path, "cpu"), GatedModel)
+    try:
+        start = time.perf_counter()
+        got = backend.segment_batch(reads(), pixel_size_um=1.0, fitted=fitted)
+        elapsed = time.perf_counter() - start
+    finally:
+        clear_model_cache()
+    monkeypatch.undo()
+    expected = backend.segment(prepared, pixel_size_um=1.0, fitted=fitted)
+    assert len(got) == n
+    for g in got:
+        np.testing.assert_array_equal(g, expected)
+    for k in range(n - 1):
+        assert line.overlap(("model", k), ("read", k + 1)), line.spans
+        assert line.overlap(("model", k), ("prepare", k + 1)), line.spans
+        assert line.overlap(("model", k + 1), ("post", k)), line.spans
+    assert elapsed < line.timeout  # no stage waited for a partner that never came

@@ -339,3 +339,118 @@ def test_imc_agreement_with_reference_pipelines() -> None:
     # measured: vs Mesmer 0.505, vs ilastik+CellProfiler 0.466; the two references agree at 0.28
     assert means["deepcell"] >= 0.47
     assert means["ilastik"] >= 0.43
+
+
+# -- compiled kernels: identical to the NumPy paths ------------------------------------------
+
+
+def _random_flood_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, int]:
+    h, w = (int(v) for v in rng.integers(1, 48, 2))
+    dtype = (np.float32, np.float64, np.int16)[trial % 3]
+    landscape = (rng.random((h, w)) * rng.choice([1.0, 3.0, 50.0])).astype(dtype)
+    if trial % 4 == 1:
+        landscape = np.round(landscape)  # many ties
+    markers = np.zeros((h, w), np.int32)
+    k = min(int(rng.integers(0, 7)), h * w)
+    markers.flat[rng.choice(h * w, size=k, replace=False)] = rng.integers(1, 5, size=k)
+    mask = None if trial % 5 == 0 else rng.random((h, w)) < 0.8
+    step = float(rng.choice([1.0, 1 / 128, 0.37, 1 / 3]))
+    return landscape, markers, mask, step, int(rng.choice([1, 2]))
+
+
+def test_compiled_flood_equals_the_numpy_waves() -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(11)
+    for trial in range(150):
+        landscape, markers, mask, step, connectivity = _random_flood_case(rng, trial)
+        ref = flood(landscape, markers, mask, step=step, connectivity=connectivity, compiled=False)
+        got = flood(landscape, markers, mask, step=step, connectivity=connectivity, compiled=True)
+        assert got.dtype == ref.dtype == np.int32
+        np.testing.assert_array_equal(got, ref, err_msg=f"trial {trial}")
+    # a real growth landscape (the propagation of the default watershed), ties included
+    landscape = np.floor(_smooth_noise((150, 170), 2.0, seed=7) * 300) / 300
+    seeds = (landscape == landscape.min()) | (landscape == landscape.max())
+    markers, _ = __import__("scipy.ndimage", fromlist=["label"]).label(seeds)
+    mask = _smooth_noise((150, 170), 5.0, seed=8) > 0.45
+    for connectivity in (1, 2):
+        np.testing.assert_array_equal(
+            flood(landscape, markers, mask, step=1 / 128, connectivity=connectivity, compiled=True),
+            flood(landscape, markers, mask, step=1 / 128, connectivity=connectivity, compiled=False),
+        )
+
+
+def test_compiled_flood_falls_back_on_wide_or_non_finite_levels() -> None:
+    pytest.importorskip("numba")
+    landscape = np.zeros((6, 8), np.float64)
+    landscape[:, 4:] = 1e9  # 1.3e11 levels of 1/128 apart: too many buckets
+    markers = np.zeros(landscape.shape, np.int32)
+    markers[0, 0], markers[5, 7] = 1, 2
+    ref = flood(landscape, markers, step=1 / 128, compiled=False)
+    np.testing.assert_array_equal(flood(landscape, markers, step=1 / 128), ref)
+    with pytest.raises(ValueError, match="span more than"):
+        flood(landscape, markers, step=1 / 128, compiled=True)
+    # NaN on an unreachable masked-in pixel is never quantised by the NumPy waves
+    landscape = np.zeros((5, 5), np.float32)
+    landscape[4, 4] = np.nan
+    mask = np.ones((5, 5), bool)
+    mask[3, :], mask[:, 3] = False, False
+    markers = np.zeros((5, 5), np.int32)
+    markers[0, 0] = 1
+    ref = flood(landscape, markers, mask, compiled=False)
+    np.testing.assert_array_equal(flood(landscape, markers, mask), ref)
+    assert ref[4, 4] == 0 and (ref[:3, :3] == 1).all()
+    with pytest.raises(ValueError, match="not finite"):
+        flood(landscape, markers, mask, compiled=True)
+
+
+def test_compiled_group_preparation_equals_the_numpy_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    import tiledseg.segment._prepare as prep
+
+    rng = np.random.default_rng(5)
+    for trial in range(24):
+        dtype = (np.float32, np.float64, np.uint16, np.uint8, np.int16, np.int32)[trial % 6]
+        c = int(rng.integers(1, 5))
+        image = (rng.random((c, 23, 31)) * rng.choice([1.0, 100.0, 250.0])).astype(dtype)
+        if image.dtype.kind == "f" and trial % 2:
+            image.flat[rng.choice(image.size, 15)] = np.nan
+            image.flat[rng.choice(image.size, 4)] = np.inf
+            image.flat[rng.choice(image.size, 4)] = -np.inf
+        if trial % 4 == 0:
+            image[0] = image.dtype.type(3)  # a channel without spread
+        names = [f"c{i}" for i in range(c)]
+        stats = prep.statistics_from_array(image, names, bins=128)
+        groups = [names[: int(rng.integers(1, c + 1))], names[int(rng.integers(0, c)):], []]
+        for combine in ("mean", "sum"):
+            for clip in ((1.0, 99.9), (0.0, 100.0), (30.0, 60.0)):
+                kwargs = {"stats": stats, "pixel_size_um": 1.0, "clip": clip, "combine": combine,
+                          "smooth_um": [0.0, 1.5, 0.0]}
+                got = prep.prepare_groups(image, names, groups, **kwargs)
+                with monkeypatch.context() as m:
+                    m.setitem(prep._GROUP_KERNEL, "fn", None)
+                    ref = prep.prepare_groups(image, names, groups, **kwargs)
+                assert got.tobytes() == ref.tobytes(), (trial, combine, clip, image.dtype)
+    # inputs untouched; dtypes the kernel does not take (float16) and a missing channel
+    image = (rng.random((2, 9, 9)) * 10).astype(np.float16)
+    before = image.copy()
+    stats = prep.statistics_from_array(image, ["a", "b"])
+    out = prep.prepare_groups(image, ["a", "b"], [["a", "b"]], stats=stats, pixel_size_um=1.0)
+    assert out.dtype == np.float32 and np.array_equal(image, before)
+    with pytest.raises(ChannelNotFoundError, match="'z'"):
+        prep.prepare_groups(image.astype(np.float32), ["a", "b"], [["a", "z"]], stats=stats, pixel_size_um=1.0)
+
+
+def test_watershed_labels_identical_with_and_without_compiled_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    import tiledseg.segment._classical as classical
+    import tiledseg.segment._prepare as prep
+
+    s = slide((256, 256), 8)
+    for growth in ("membrane", "nearest"):
+        got = segment_array(s.image, s.channel_names, growth=growth, **ROLES)
+        with monkeypatch.context() as m:
+            m.setitem(prep._GROUP_KERNEL, "fn", None)
+            m.setitem(classical._FLOOD_KERNEL, "fn", None)
+            ref = segment_array(s.image, s.channel_names, growth=growth, **ROLES)
+        assert got.max() > 10
+        assert got.tobytes() == ref.tobytes()

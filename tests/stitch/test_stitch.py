@@ -217,3 +217,35 @@ def test_own_cells_statistics_equal_a_per_pixel_reference(
         assert owned.area[i - 1] == area
         assert np.array_equal(owned.labels == i, labels == value)
     assert np.array_equal(owned.labels > 0, np.isin(labels, [r[7] for r in rows]))
+
+
+def test_compiled_run_statistics_equal_the_numpy_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    import tiledseg.stitch._ownership as ownership
+
+    rng = np.random.default_rng(21)
+    for trial in range(120):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        dtype = (np.uint32, np.int32, np.uint16, np.int64, np.uint8, np.uint64)[trial % 6]
+        labels = rng.integers(0, int(rng.integers(1, 12)), size=(h, w)).astype(dtype)
+        if trial % 3 == 0:
+            labels = np.repeat(labels, 3, axis=1)[:, :w]  # long runs
+        if trial % 5 == 0:
+            labels = labels[:, ::2]  # a strided view
+        got = ownership._run_statistics(labels)
+        with monkeypatch.context() as m:
+            m.setitem(ownership._STATISTICS_KERNEL, "fn", None)
+            ref = ownership._run_statistics(labels)
+        for a, b in zip(got, ref, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}")
+    # whole tiles: owned cells identical either way
+    plan = plan_tiles((120, 130), tile_size=40, halo=9)
+    cells = label(disks((120, 130), n=60, radius=(3, 8), seed=3)).astype(np.uint32)
+    for tile in plan.tiles:
+        got_owned = own_cells(cells[tile.window_slices], tile=tile, slide_shape=plan.shape)
+        with monkeypatch.context() as m:
+            m.setitem(ownership._STATISTICS_KERNEL, "fn", None)
+            ref_owned = own_cells(cells[tile.window_slices], tile=tile, slide_shape=plan.shape)
+        assert got_owned.table().tobytes() == ref_owned.table().tobytes()
+        assert got_owned.labels.tobytes() == ref_owned.labels.tobytes()

@@ -436,6 +436,7 @@ def run(
     halo_um: float | None = None,
     halo_px: int | None = None,
     labels_name: str = "cells",
+    statistics_sample: str | float = "auto",
     statistics: Sequence[str] = ("mean",),
     quantiles: Sequence[float] = (),
     neighbors: str | None = "borders",
@@ -476,6 +477,9 @@ def run(
         Tiling (see :func:`tiledseg.api.segment`).
     labels_name : str
         Name of the label image written under ``labels/``.
+    statistics_sample : {"auto", "full"} or float
+        Share of each slide its slide-level segmentation statistics are taken from (see
+        :func:`tiledseg.api.segment`).
     statistics, quantiles, neighbors, format
         Measurement options (see :func:`tiledseg.api.measure`); ``format`` is ``"parquet"``,
         ``"h5ad"``, ``"csv"`` or ``"steinbock"``.
@@ -546,7 +550,7 @@ def run(
             one = _run_slide(
                 item, out_dir=out_dir, client=c, backend=backend, params=params,
                 pixel_size_um=pixel_size_um, chunks=chunks, tile_size=tile_size, halo_um=halo_um,
-                halo_px=halo_px, labels_name=labels_name, measure_options={
+                halo_px=halo_px, labels_name=labels_name, statistics_sample=statistics_sample, measure_options={
                     "statistics": tuple(statistics), "quantiles": tuple(quantiles), "neighbors": neighbors,
                 },
                 fmt=format, report=report, retries=retries, allow_cpu=allow_cpu, overwrite=overwrite,
@@ -588,6 +592,7 @@ def _run_slide(
     halo_um: float | None,
     halo_px: int | None,
     labels_name: str,
+    statistics_sample: str | float,
     measure_options: dict[str, Any],
     fmt: str,
     report: bool,
@@ -617,7 +622,8 @@ def _run_slide(
             # ---- segment
             t = time.perf_counter()
             seg_key = _jsonable({"backend": backend, "params": params, "tile_size": tile_size,
-                                 "halo_um": halo_um, "halo_px": halo_px, "labels_name": labels_name})
+                                 "halo_um": halo_um, "halo_px": halo_px, "labels_name": labels_name,
+                                 "statistics_sample": statistics_sample})
             state = _read_state(out_dir, item.name)
             fingerprint = _labels_fingerprint(url, labels_name)
             if overwrite or fingerprint is None:
@@ -639,6 +645,7 @@ def _run_slide(
                 _predict_memory_warning(client, url, backend, params, tile_size, halo_px, halo_um)
                 seg = segment(
                     url, backend=backend, tile_size=tile_size, halo_um=halo_um, halo_px=halo_px,
+                    statistics_sample=statistics_sample,
                     labels_name=labels_name, client=client, overwrite=fingerprint is not None,
                     progress=tagged, retries=retries, allow_cpu=allow_cpu, **params,
                 )

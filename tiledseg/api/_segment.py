@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.cluster import open_client, segment_slide
+from tiledseg.cluster import open_client, resolve_statistics, segment_slide
 from tiledseg.errors import (
     OutputExistsError,
     PanelError,
@@ -45,6 +45,7 @@ SEGMENT_KEYS = (
     "allow_cpu",
     "batch_size",
     "retries",
+    "statistics_sample",
 )
 
 
@@ -298,6 +299,7 @@ def segment(
     batch_size: int | None = None,
     retries: int = 0,
     n_workers: int | None = None,
+    statistics_sample: str | float = "auto",
     **backend_params: Any,
 ) -> SegmentResult:
     """Segment every cell of a slide, tile by tile, into ``labels/<labels_name>``.
@@ -345,6 +347,12 @@ def segment(
         Retries of a tile task lost with its worker.
     n_workers : int, optional
         Workers of the embedded local cluster (ignored with ``client``).
+    statistics_sample : {"auto", "full"} or float
+        Where the slide-level statistics (percentiles, fitted thresholds) come from: ``"full"``
+        reads every pixel; a fraction in ``(0, 1]`` reads that share of the slide's storage
+        chunks, spread evenly; ``"auto"`` reads every pixel of slides up to 16 Mpx and
+        ``max(1/8, 16 Mpx)`` of larger ones. The sample depends only on the slide (never on the
+        tile size or the workers) and is recorded in the label metadata.
     **backend_params
         Parameters of the backend (e.g. ``nuclear=["DNA1"]``). ``nuclear``/``membrane`` left unset
         are filled from the slide panel's role column (1 nuclear, 2 membrane): the backend's
@@ -385,12 +393,12 @@ def segment(
     defaults: dict[str, Any] = {
         "backend": "watershed", "tile_size": None, "halo_um": None, "halo_px": None,
         "labels_name": "cells", "overwrite": False, "allow_cpu": False, "batch_size": None,
-        "retries": 0,
+        "retries": 0, "statistics_sample": "auto",
     }
     given: dict[str, Any] = {
         "backend": backend, "tile_size": tile_size, "halo_um": halo_um, "halo_px": halo_px,
         "labels_name": labels_name, "overwrite": overwrite, "allow_cpu": allow_cpu,
-        "batch_size": batch_size, "retries": retries,
+        "batch_size": batch_size, "retries": retries, "statistics_sample": statistics_sample,
     }
     merged: dict[str, Any] = {
         k: options[k] if k in options and _is_default(given[k], defaults[k]) else given[k]
@@ -404,6 +412,7 @@ def segment(
         )
     if merged["halo_um"] is not None and not float(merged["halo_um"]) >= 0:
         raise ParameterError(f"`halo_um` must be >= 0 µm, got {merged['halo_um']}")
+    resolve_statistics(merged["statistics_sample"], tuple(int(n) for n in opened.image.shape[1:3]))  # type: ignore[arg-type]
     if merged["halo_px"] is not None and int(merged["halo_px"]) < 0:
         raise ParameterError(f"`halo_px` must be >= 0 pixels, got {merged['halo_px']}")
     built = _build_backend(
@@ -428,6 +437,7 @@ def segment(
             progress=progress,
             batch_size=merged["batch_size"],
             retries=int(merged["retries"]),
+            statistics_sample=merged["statistics_sample"],
         )
     return SegmentResult(
         labels_url=res.labels_url,

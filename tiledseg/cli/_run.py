@@ -78,6 +78,10 @@ def run_command(
     halo_um: float | None = typer.Option(None, "--halo-um", help="Context each side of a tile in µm."),
     panel: Path | None = typer.Option(None, "--panel", help="steinbock panel.csv for conversion."),
     pixel_size: float | None = typer.Option(None, "--pixel-size", help="Pixel size in µm for inputs without one."),
+    statistics_sample: str = typer.Option(
+        "auto", "--statistics-sample",
+        help="Slide statistics for segmentation from: auto, full, or a fraction in (0, 1] of the chunks.",
+    ),
     statistics: str = typer.Option("mean", "--statistics", help="Intensity statistics, comma-separated (mean,median,...)."),
     quantiles: str | None = typer.Option(None, "--quantiles", help="Intensity quantiles, e.g. 0.5,0.9."),
     neighbors: str = typer.Option("borders", "--neighbors", help="Neighbour graph: borders, expansion, centroids or none."),
@@ -116,6 +120,7 @@ def run_command(
             pixel_size_um=pixel_size,
             tile_size=tile_size,
             halo_um=halo_um,
+            statistics_sample=statistics_sample,
             statistics=tuple(stats),
             quantiles=_quantiles(quantiles),
             neighbors=None if neighbors == "none" else neighbors,

@@ -156,6 +156,10 @@ def segment_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing label image."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", help="Run a GPU backend on CPU when no GPU worker exists."),
     json_log: str | None = typer.Option(None, "--json-log", help="Write one JSON event per line to FILE ('-' = stdout)."),
+    statistics_sample: str | None = typer.Option(
+        None, "--statistics-sample",
+        help="Slide statistics from: auto (default: every pixel up to 16 Mpx, else an even sample of max(1/8, 16 Mpx) of the chunks), full, or a fraction in (0, 1].",
+    ),
 ) -> None:
     """Segment every cell of SLIDE tile by tile and write labels/<name> with IDs 1..N."""
     params = parse_params(param)
@@ -180,6 +184,7 @@ def segment_command(
             config=config,
             inputs=inputs,
             progress=report,
+            statistics_sample=statistics_sample if statistics_sample is not None else "auto",
             **params,
         )
     lines = [

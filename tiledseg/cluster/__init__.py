@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from tiledseg.cluster._client import open_client
-from tiledseg.cluster._segment import EngineResult, build_inputs, gpu_workers, segment_slide
+from tiledseg.cluster._segment import (
+    EngineResult,
+    build_inputs,
+    gpu_workers,
+    resolve_statistics,
+    segment_slide,
+)
 
-__all__ = ["EngineResult", "build_inputs", "gpu_workers", "open_client", "segment_slide"]
+__all__ = ["EngineResult", "build_inputs", "gpu_workers", "open_client", "resolve_statistics", "segment_slide"]

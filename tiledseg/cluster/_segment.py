@@ -3,15 +3,19 @@
 Stages (each emits :class:`~tiledseg.progress.ProgressEvent` s under its name):
 
 ``statistics``
-    Per tile core (aligned to the storage chunks), merged into
+    Over every pixel (slides up to 16.8 Mpx, or ``statistics_sample="full"``), or over an even,
+    deterministic sample of whole storage chunks (:func:`tiledseg.tiling.sample_blocks`; by
+    default ``max(1/8, 16.8 Mpx)`` of a larger slide), which depends on the slide alone, never
+    on the tile size or the workers. Per tile core or sampled chunk, merged into
     :class:`~tiledseg.segment.ChannelStatistics` (:mod:`tiledseg.segment._statistics`). 8- and
     16-bit integer inputs take one read of every pixel: exact extremes plus exact per-value
     counts, merged on the workers in a small tree. Other inputs (float32 IMC) take two exact
     passes: extremes, then histograms between them. Either way the result equals
-    ``statistics_from_array`` on the whole image. When the backend overrides ``fit``, a second pass
+    ``statistics_from_array`` on the pixels read. When the backend overrides ``fit``, a second pass
     prepares every window and histograms the prepared planes *on the core only*, so the
     slide-level histograms are exact, and ``backend.fit`` turns them into slide-level
-    parameters. Both are stored with the run and reused on resume.
+    parameters (on a sample: each sampled chunk prepared alone, histogrammed on its interior).
+    Both are stored with the run, with the sample, and reused on resume.
 ``tiles``
     One task per tile (or per batch of tiles for GPU backends): read the window's inputs,
     ``prepare`` / ``segment``, keep owned cells (:func:`tiledseg.stitch.own_cells`) and write
@@ -61,6 +65,7 @@ from tiledseg.errors import (
     TileFailedError,
 )
 from tiledseg.io import Slide, begin_labels, open_labels
+from tiledseg.io._region import ZarrChannels, zarr_channels
 from tiledseg.io._scratch import ScratchStore
 from tiledseg.progress import ProgressCallback, ProgressEvent, emit
 from tiledseg.segment._protocol import PREPARED_BINS, BaseBackend, ChannelStatistics
@@ -88,9 +93,9 @@ from tiledseg.stitch import (
     pair_overlaps,
     resolve_conflicts,
 )
-from tiledseg.tiling import Tile, halo_from_physics, plan_tiles
+from tiledseg.tiling import Tile, halo_from_physics, plan_tiles, sample_blocks, statistics_fraction
 
-__all__ = ["EngineResult", "build_inputs", "gpu_workers", "segment_slide"]
+__all__ = ["EngineResult", "build_inputs", "gpu_workers", "resolve_statistics", "segment_slide"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,43 +178,112 @@ class _Reader:
 
     A window with its halo straddles up to 3 x 3 storage chunks, and each chunk is decompressed
     whole; neighbouring tiles share most of them. Each worker therefore keeps the last
-    ``cache_blocks`` chunk-aligned blocks (all inputs of one chunk) it read, so a worker working
-    along a row of tiles decompresses each chunk about once. Memory stays bounded by
-    ``cache_blocks x inputs x chunk size``, independent of the slide.
+    ``cache_blocks`` chunk-aligned blocks (all inputs of one chunk) it read. A block pushed out
+    of that cache leaves its four border strips behind (as wide as the widest part of a block
+    a window has needed without needing all of it: the halo), in a second cache of at most as
+    many bytes, which serves the halos later windows read from it. Along rows of tiles this
+    decompresses each chunk about twice (once as the core's neighbour below, once as a core)
+    instead of three times. Memory stays bounded by about ``2 x cache_blocks x inputs x chunk
+    size``, independent of the slide.
     """
 
     def __init__(self, array: da.Array, *, chunks: tuple[int, int], cache_blocks: int = 9) -> None:
         self.array = array
         self.chunks = chunks
         self.cache_blocks = cache_blocks
+        # Stored slide channels are read chunk by chunk straight from the store (bit-identical,
+        # half the CPU of a Dask graph per block); anything else goes through Dask.
+        self.source: ZarrChannels | None = zarr_channels(array)
+        self._init_caches()
+
+    def _init_caches(self) -> None:
         self._cache: OrderedDict[tuple[int, int], NDArray[Any]] = OrderedDict()
+        # (block) -> (strip width, top, bottom, left, right) of evicted blocks
+        self._strips: OrderedDict[tuple[int, int], tuple[int, tuple[NDArray[Any], ...]]] = OrderedDict()
+        self._strip_bytes = 0
+        self._margin = 0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"array": self.array, "chunks": self.chunks, "cache_blocks": self.cache_blocks}
+        return {"array": self.array, "chunks": self.chunks, "cache_blocks": self.cache_blocks, "source": self.source}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["array"], chunks=state["chunks"], cache_blocks=state["cache_blocks"])  # type: ignore[misc]
+        self.array = state["array"]
+        self.chunks = state["chunks"]
+        self.cache_blocks = state["cache_blocks"]
+        self.source = state["source"]
+        self._init_caches()
 
     def _direct(self, window: Window) -> NDArray[Any]:
+        if self.source is not None:
+            return self.source.read(window)
         (r0, r1), (c0, c1) = window
         return np.asarray(self.array[:, r0:r1, c0:c1].compute(scheduler="sync"))
 
-    def _block(self, bi: int, bj: int) -> NDArray[Any]:
+    def _from_strips(self, key: tuple[int, int], rows: slice, cols: slice, shape: tuple[int, int]) -> NDArray[Any] | None:
+        """The part ``[:, rows, cols]`` of an evicted block, when its strips hold it (lock held)."""
+        kept = self._strips.get(key)
+        if kept is None:
+            return None
+        width, (top, bottom, left, right) = kept
+        h, w = shape
+        r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
+        if r1 <= width:
+            return top[:, r0:r1, c0:c1]
+        if r0 >= h - width:
+            return bottom[:, r0 - (h - width) : r1 - (h - width), c0:c1]
+        if c1 <= width:
+            return left[:, r0:r1, c0:c1]
+        if c0 >= w - width:
+            return right[:, r0:r1, c0 - (w - width) : c1 - (w - width)]
+        return None
+
+    def _evicted(self, key: tuple[int, int], block: NDArray[Any]) -> None:
+        """Keep the border strips of a block leaving the cache (lock held)."""
+        h, w = block.shape[1:]
+        width = self._margin
+        if width <= 0 or 2 * width >= min(h, w):
+            return
+        strips = tuple(
+            np.ascontiguousarray(part)
+            for part in (block[:, :width], block[:, h - width :], block[:, :, :width], block[:, :, w - width :])
+        )
+        old = self._strips.pop(key, None)
+        if old is not None:
+            self._strip_bytes -= sum(p.nbytes for p in old[1])
+        self._strips[key] = (width, strips)
+        self._strip_bytes += sum(p.nbytes for p in strips)
+        budget = self.cache_blocks * block.nbytes
+        while self._strip_bytes > budget and self._strips:
+            _, (_, dropped) = self._strips.popitem(last=False)
+            self._strip_bytes -= sum(p.nbytes for p in dropped)
+
+    def _part(self, bi: int, bj: int, rows: slice, cols: slice) -> NDArray[Any]:
+        """``block[:, rows, cols]`` of chunk-aligned block ``(bi, bj)`` (block coordinates)."""
         key = (bi, bj)
+        cy, cx = self.chunks
+        ny, nx = int(self.array.shape[1]), int(self.array.shape[2])
+        shape = (min((bi + 1) * cy, ny) - bi * cy, min((bj + 1) * cx, nx) - bj * cx)
+        partial = (rows.stop - rows.start, cols.stop - cols.start) != shape
         with self._lock:
+            if partial:
+                self._margin = max(self._margin, min(rows.stop - rows.start, cols.stop - cols.start))
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
-        cy, cx = self.chunks
-        ny, nx = int(self.array.shape[1]), int(self.array.shape[2])
-        block = self._direct(((bi * cy, min((bi + 1) * cy, ny)), (bj * cx, min((bj + 1) * cx, nx))))
+                return hit[:, rows, cols]
+            if partial:
+                strip = self._from_strips(key, rows, cols, shape)
+                if strip is not None:
+                    self._strips.move_to_end(key)
+                    return strip
+        block = self._direct(((bi * cy, bi * cy + shape[0]), (bj * cx, bj * cx + shape[1])))
         with self._lock:
             self._cache[key] = block
             while len(self._cache) > self.cache_blocks:
-                self._cache.popitem(last=False)
-        return block
+                old_key, old = self._cache.popitem(last=False)
+                self._evicted(old_key, old)
+        return block[:, rows, cols]
 
     def read(self, window: Window, *, cache: bool = True) -> NDArray[Any]:
         """``(C, rows, cols)`` inputs on ``window`` (a new array)."""
@@ -217,16 +291,16 @@ class _Reader:
             return self._direct(window)
         (r0, r1), (c0, c1) = window
         cy, cx = self.chunks
+        ny, nx = int(self.array.shape[1]), int(self.array.shape[2])
         out = np.empty((int(self.array.shape[0]), r1 - r0, c1 - c0), dtype=self.array.dtype)
         for bi in range(r0 // cy, (r1 - 1) // cy + 1):
             for bj in range(c0 // cx, (c1 - 1) // cx + 1):
-                block = self._block(bi, bj)
                 br0, bc0 = bi * cy, bj * cx
-                rr0, rr1 = max(r0, br0), min(r1, br0 + block.shape[1])
-                cc0, cc1 = max(c0, bc0), min(c1, bc0 + block.shape[2])
-                out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = block[
-                    :, rr0 - br0 : rr1 - br0, cc0 - bc0 : cc1 - bc0
-                ]
+                rr0, rr1 = max(r0, br0), min(r1, br0 + cy, ny)
+                cc0, cc1 = max(c0, bc0), min(c1, bc0 + cx, nx)
+                out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = self._part(
+                    bi, bj, slice(rr0 - br0, rr1 - br0), slice(cc0 - bc0, cc1 - bc0)
+                )
         return out
 
 
@@ -434,6 +508,63 @@ def _accepts_n_workers(client: Client) -> bool:
         return False
 
 
+def resolve_statistics(statistics_sample: str | float, shape: tuple[int, int]) -> float:
+    """The fraction of a slide that slide-level statistics read (see :func:`segment_slide`).
+
+    Raises
+    ------
+    ParameterError
+        Not ``"auto"``, ``"full"`` or a number in ``(0, 1]``.
+    """
+    if isinstance(statistics_sample, str):
+        text = statistics_sample.strip().lower()
+        if text == "auto":
+            return statistics_fraction(shape)
+        if text in ("full", "all", "exact"):
+            return 1.0
+        try:
+            statistics_sample = float(text)
+        except ValueError:
+            raise ParameterError(
+                f"`statistics_sample` must be 'auto', 'full' or a fraction in (0, 1], got {statistics_sample!r}"
+            ) from None
+    value = float(statistics_sample)
+    if isinstance(statistics_sample, bool) or not (np.isfinite(value) and 0.0 < value <= 1.0):
+        raise ParameterError(f"`statistics_sample` must be 'auto', 'full' or a fraction in (0, 1], got {statistics_sample!r}")
+    return value
+
+
+def _requested(statistics_sample: str | float) -> str | float:
+    """How the statistics sample was asked for, normalised for the metadata ("auto", "full", 0.25)."""
+    if isinstance(statistics_sample, str):
+        text = statistics_sample.strip().lower()
+        if text in ("auto", "full", "all", "exact"):
+            return "full" if text != "auto" else "auto"
+        return float(text)
+    return float(statistics_sample)
+
+
+def _block_tile(
+    index: int, block: Window, chunks: tuple[int, int], halo: int, shape: tuple[int, int]
+) -> Tile:
+    """A sampled chunk as a :class:`Tile` for the ``fit`` pass: window = the chunk alone.
+
+    Reading the chunk with a halo would decompress its eight neighbours (nine chunks for one,
+    as sampled chunks are rarely adjacent), so the chunk is prepared on its own and only its
+    interior -- ``min(halo, chunk / 8)`` px from each side that borders more slide -- enters
+    the histograms, where the prepared values equal the tiles' up to filters wider than that.
+    """
+    (r0, r1), (c0, c1) = block
+    margin = max(0, min(int(halo), min(chunks) // 8))
+    core = (
+        (r0 + (margin if r0 > 0 else 0), r1 - (margin if r1 < shape[0] else 0)),
+        (c0 + (margin if c0 > 0 else 0), c1 - (margin if c1 < shape[1] else 0)),
+    )
+    if core[0][0] >= core[0][1] or core[1][0] >= core[1][1]:
+        core = block
+    return Tile(index=index, grid=(r0 // chunks[0], c0 // chunks[1]), core=core, window=block)
+
+
 def _overrides_fit(backend: Any) -> bool:
     fit = getattr(type(backend), "fit", None)
     return not (isinstance(backend, BaseBackend) and fit is BaseBackend.fit)
@@ -521,6 +652,7 @@ def segment_slide(
     keep_scratch: bool = False,
     metadata: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
+    statistics_sample: str | float = "auto",
 ) -> EngineResult:
     """Segment a slide tile by tile on ``client`` and write ``labels/<labels_name>``.
 
@@ -552,6 +684,14 @@ def segment_slide(
         Keep the per-tile scratch store after success (default: delete it; flags stay).
     metadata : mapping, optional
         Extra run metadata stored in the label group's ``attrs["tiledseg"]``.
+    statistics_sample : {"auto", "full"} or float
+        Pixels the slide-level statistics (and the backend's ``fit``) are taken from: ``"full"``
+        every pixel (exactly ``statistics_from_array`` of the whole image); a fraction in
+        ``(0, 1]`` whole storage chunks spread evenly over the slide
+        (:func:`tiledseg.tiling.sample_blocks`); ``"auto"`` (default) every pixel up to 16 Mpx,
+        else ``max(1/8, 16 Mpx)`` of the slide (:func:`tiledseg.tiling.statistics_fraction`).
+        The choice depends only on the slide, never on tiles or workers, and is stored with
+        the statistics in the label metadata (``statistics.extra.sample``).
 
     Returns
     -------
@@ -603,6 +743,22 @@ def segment_slide(
     tiles = plan.tiles
 
     # ---- statistics ------------------------------------------------------------------------
+    fraction = resolve_statistics(statistics_sample, (ny, nx))
+    # Whole storage chunks, spread evenly: independent of the tile size and the workers.
+    stat_windows = sample_blocks((ny, nx), chunks, fraction=fraction) if fraction < 1.0 else []
+    sampled = 0 < len(stat_windows) < -(-ny // chunks[0]) * -(-nx // chunks[1])
+    if sampled:
+        fit_tiles = [_block_tile(i, w, chunks, plan.halo, (ny, nx)) for i, w in enumerate(stat_windows)]
+    else:
+        stat_windows = [t.core for t in tiles]
+        fit_tiles = list(tiles)
+    n_stat_pixels = sum((r1 - r0) * (c1 - c0) for (r0, r1), (c0, c1) in stat_windows)
+    sample_info = {
+        "fraction": round(n_stat_pixels / (ny * nx), 6),
+        "requested": _requested(statistics_sample),
+        "blocks": len(stat_windows),
+        "pixels": n_stat_pixels,
+    }
     stats_key = _hash(
         {
             "slide": slide.url,
@@ -613,42 +769,48 @@ def segment_slide(
             "bins": DEFAULT_BINS,
             # Statistics stored by a build whose one-pass float32 statistics were approximate
             # are not reused.
-            "method": "exact",
+            "method": "exact" if not sampled else f"sample:{[list(map(list, w)) for w in stat_windows]}",
         }
     )
     previous = scratch.attrs()
     fit_needed = _overrides_fit(backend)
-    fit_key = _hash({"stats": stats_key, "backend": backend.name, "params": backend.params()})
+    fit_key = _hash({"stats": stats_key, "backend": backend.name, "params": backend.params(), "halo": plan.halo})
     if previous.get("stats_key") == stats_key and "statistics" in previous:
         stats = ChannelStatistics.from_dict(previous["statistics"])
         logger.info("reusing slide statistics stored by an earlier run")
         stage = _Stage("statistics", 1, progress)
         stage.advance(resumed=True)
     else:
-        cores = [t.core for t in tiles]
+        if sampled:
+            logger.info(
+                "slide statistics from %d of the slide's chunks (%.1f %% of %d pixels)",
+                len(stat_windows), 100.0 * n_stat_pixels / (ny * nx), ny * nx,
+            )
+        n_win = len(stat_windows)
         if one_pass_supported(image.dtype):
             # One read of every input pixel: exact extremes plus fine histograms.
-            stage = _Stage("statistics", len(plan), progress)
-            leaves = client.map(_task_fused, [reader_f] * len(cores), cores, pure=False)
+            stage = _Stage("statistics", n_win, progress)
+            leaves = client.map(_task_fused, [reader_f] * n_win, stat_windows, pure=False)
             raw = _tree_merge(client, leaves, lambda _: stage.advance())
-            stats = finalize_fused(names, raw, n_pixels=ny * nx)
+            stats = finalize_fused(names, raw, n_pixels=n_stat_pixels)
         else:
-            stage = _Stage("statistics", 2 * len(plan), progress)
+            stage = _Stage("statistics", 2 * n_win, progress)
             parts = _gather_all(
                 client,
-                client.map(_task_minmax, [reader_f] * len(cores), cores, pure=False),
+                client.map(_task_minmax, [reader_f] * n_win, stat_windows, pure=False),
                 lambda _: stage.advance(),
             )
             minmax = merge_minmax(parts)
             hists = _gather_all(
                 client,
                 client.map(
-                    _task_histogram, [reader_f] * len(cores), cores, [minmax] * len(cores),
-                    [DEFAULT_BINS] * len(cores), pure=False,
+                    _task_histogram, [reader_f] * n_win, stat_windows, [minmax] * n_win,
+                    [DEFAULT_BINS] * n_win, pure=False,
                 ),
                 lambda _: stage.advance(),
             )
-            stats = finalize_statistics(names, minmax, merge_histograms(hists), n_pixels=ny * nx)
+            stats = finalize_statistics(names, minmax, merge_histograms(hists), n_pixels=n_stat_pixels)
+        stats = dataclasses.replace(stats, extra={**dict(stats.extra), "sample": sample_info})
         scratch.update({"stats_key": stats_key, "statistics": stats.to_dict()})
     stage_seconds["statistics"] = stage.end()
     # Statistics hold a few thousand bins per input: send them to each worker once.
@@ -659,7 +821,7 @@ def segment_slide(
     elif previous.get("fit_key") == fit_key and "fitted" in previous and previous.get("stats_key") == stats_key:
         fitted = {str(k): float(v) for k, v in previous["fitted"].items()}
     else:
-        stage = _Stage("statistics", len(plan), progress)
+        stage = _Stage("statistics", len(fit_tiles), progress)
         hists = _gather_all(
             client,
             [
@@ -667,7 +829,7 @@ def segment_slide(
                     _task_prepared_histogram, reader_f, backend_f, t, pixel_size, stats_f,
                     pure=False, resources=resources, retries=retries,
                 )
-                for t in tiles
+                for t in fit_tiles
             ],
             lambda _: stage.advance(),
         )

@@ -40,7 +40,7 @@ import zarr
 
 from tiledseg.errors import ParameterError, SlideFormatError, SlideNotFoundError
 from tiledseg.io._ngff import label_attrs, labels_group_attrs, ngff_attrs, read_multiscale
-from tiledseg.io._pyramid import level_shapes
+from tiledseg.io._pyramid import downsample_labels_block, level_shapes
 from tiledseg.io._slide import slide_spatial_info
 from tiledseg.io._store import (
     STATUS_COMPLETE,
@@ -224,27 +224,6 @@ _OPENED_LOCK = threading.Lock()
 _OPENED_MAX = 16
 
 
-def mode_2x2(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Mode of each 2x2 block of a ``(Y, X)`` label array (ceil shape; ties to the top-left).
-
-    Equal to :func:`tiledseg.io._pyramid.downsample_labels_block` (edge padding of odd sizes,
-    ties in (top-left, top-right, bottom-left, bottom-right) order) with a few comparisons
-    instead of 16: the top-left value wins when it occurs twice; otherwise the top-right when
-    it does; otherwise the bottom-left when the bottom pair agrees; otherwise the top-left.
-    """
-    rows, cols = block.shape
-    if rows % 2 or cols % 2:
-        block = np.pad(block, [(0, rows % 2), (0, cols % 2)], mode="edge")
-    a, b = block[0::2, 0::2], block[0::2, 1::2]
-    c, d = block[1::2, 0::2], block[1::2, 1::2]
-    out = np.where(c == d, c, a)
-    b_wins = (b == c) | (b == d)
-    np.copyto(out, b, where=b_wins)
-    a_wins = (a == b) | (a == c) | (a == d)
-    np.copyto(out, a, where=a_wins)
-    return out
-
-
 def _new_token() -> str:
     return uuid.uuid4().hex
 
@@ -309,7 +288,7 @@ class LabelsWriter:
         if shape is None:
             return False
         create_level(self._group(), "1", shape=shape, chunks=self.chunks, dtype=LABEL_DTYPE,
-                     dimension_names=("y", "x"))
+                     dimension_names=("y", "x"), labels=True)
         with _OPENED_LOCK:
             _OPENED.pop((self.token, "1"), None)
         return True
@@ -350,7 +329,7 @@ class LabelsWriter:
                 f"label block {arr.shape} at offset {(r, c)} must start on and span twice the "
                 f"chunks {self.chunks} (or reach the image edge) to write pyramid level 1"
             )
-        self._level("1")[r // 2 : r // 2 + (h + 1) // 2, c // 2 : c // 2 + (w + 1) // 2] = mode_2x2(arr)
+        self._level("1")[r // 2 : r // 2 + (h + 1) // 2, c // 2 : c // 2 + (w + 1) // 2] = downsample_labels_block(arr)
 
     def store(self, labels: np.ndarray[Any, Any] | da.Array) -> None:
         """Stream a whole ``(Y, X)`` label array into level 0, chunk by chunk."""
@@ -502,7 +481,7 @@ def begin_labels(
         what="label image",
         zarr_format=zarr_format,
     )
-    create_level(group, "0", shape=shape, chunks=chunk_yx, dtype=LABEL_DTYPE, dimension_names=("y", "x"))
+    create_level(group, "0", shape=shape, chunks=chunk_yx, dtype=LABEL_DTYPE, dimension_names=("y", "x"), labels=True)
     return LabelsWriter(
         slide_url=norm,
         name=name,

@@ -103,12 +103,15 @@ def downsample_labels_block(block: NDArray[np.integer[Any]]) -> NDArray[np.integ
     if pr or pc:
         pad = [(0, 0)] * (block.ndim - 2) + [(0, pr), (0, pc)]
         block = np.pad(block, pad, mode="edge")
-    quads = np.stack(
-        [block[..., 0::2, 0::2], block[..., 0::2, 1::2], block[..., 1::2, 0::2], block[..., 1::2, 1::2]]
-    )
-    votes = (quads[:, None] == quads[None, :]).sum(axis=1)
-    winner = np.argmax(votes, axis=0)
-    result: NDArray[np.integer[Any]] = np.take_along_axis(quads, winner[None], axis=0)[0]
+    # The mode of four values with ties in (a, b, c, d) order, in a few comparisons instead of
+    # counting all 16 pairs: a wins whenever it occurs twice (its count is then maximal or tied
+    # first); otherwise b when it occurs twice; otherwise c when c == d; otherwise all differ
+    # and a (first) wins.
+    a, b = block[..., 0::2, 0::2], block[..., 0::2, 1::2]
+    c, d = block[..., 1::2, 0::2], block[..., 1::2, 1::2]
+    result: NDArray[np.integer[Any]] = np.where(c == d, c, a)
+    np.copyto(result, b, where=(b == c) | (b == d))
+    np.copyto(result, a, where=(a == b) | (a == c) | (a == d))
     return result
 
 

@@ -6,13 +6,18 @@ for the whole slide) and a re-run of the same command skips finished tiles (resu
 inside the slide's group::
 
     <slide>/.tiledseg/<labels name>/          attrs: run fingerprint, statistics, fitted
-        tiles/<index>/labels                  (Y_w, X_w) uint32 owned cells, local IDs 1..n
-        tiles/<index>/cells                   (n, 8) float64 table (see stitch.OwnedCells.table)
-                                              attrs["complete"] = true, written last
+        tiles/<index>.tile                    one file per finished tile: a JSON header (window
+                                              shape, cell count, attrs), the (Y_w, X_w) uint32
+                                              owned-cell window (local IDs 1..n, Blosc-LZ4) and
+                                              the (n, 8) float64 table (stitch.OwnedCells.table)
         flags/seam, flags/truncated           (N,) bool per cell, index cell_id - 1
 
-A tile counts as finished only once its ``complete`` attribute is set, after both arrays are
-written, so a tile interrupted half-way is recomputed. When the run's fingerprint (backend,
+A tile file is written under a temporary name and renamed when complete (a single PUT on
+object stores), so a tile interrupted half-way is never seen and is recomputed. One plain file
+per tile instead of a zarr group with two arrays: a tile is written once and read about seven
+times (its own stitching, its neighbours', the output blocks it overlaps), and zarr's metadata
+documents and async round trips cost more than the data (write 22 -> 4 ms, read 4 -> 2.5 ms
+for a 1098^2 window). When the run's fingerprint (backend,
 parameters, tile plan, statistics) changes, the stored tiles are discarded. After a successful
 run the tiles are deleted and only the flags stay; :func:`read_cell_flags` gives them to the
 measurement stage.
@@ -20,17 +25,23 @@ measurement stage.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
 import zarr.errors
+from numcodecs import Blosc
 from numpy.typing import NDArray
 
+from tiledseg.errors import ParameterError, SlideFormatError
 from tiledseg.io._store import join_url, normalise_url
 
 __all__ = ["ScratchStore", "read_cell_flags", "scratch_url"]
@@ -101,31 +112,40 @@ class ScratchStore:
             return True
         if previous:
             logger.info("discarding scratch tiles of a different run in %s", self.url)
+        self.remove_tiles()
         root = _open(self.url, "a", self.storage_options)
-        for name in ("tiles",):
-            if name in root:
-                del root[name]
+        if "tiles" in root:  # a zarr tiles group of an older build
+            del root["tiles"]
         root.update_attributes({"fingerprint": fingerprint})
-        _open(join_url(self.url, "tiles"), "a", self.storage_options)
         return False
 
     def update(self, attrs: dict[str, Any]) -> None:
         """Merge ``attrs`` into the root attributes."""
         self._root("a").update_attributes(attrs)
 
-    def _tile_url(self, index: int) -> str:
-        return join_url(self.url, "tiles", str(int(index)))
+    def _fs(self) -> tuple[Any, str]:
+        """``(filesystem, path)`` of the store (plain local paths use the local filesystem)."""
+        if "://" not in self.url:
+            return fsspec.filesystem("file"), self.url
+        fs, path = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
+        return fs, str(path)
+
+    def _tile_path(self, fs_root: str, index: int) -> str:
+        return f"{fs_root.rstrip('/')}/tiles/{int(index)}{_TILE_SUFFIX}"
 
     def done_tiles(self) -> set[int]:
         """Indices of the tiles whose results are completely stored."""
+        fs, root = self._fs()
         try:
-            tiles = _open(join_url(self.url, "tiles"), "r", self.storage_options)
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            names = fs.ls(f"{root.rstrip('/')}/tiles", detail=False)
+        except FileNotFoundError:
             return set()
         done = set()
-        for name, member in tiles.members():
-            if isinstance(member, zarr.Group) and member.attrs.get("complete") is True:
-                done.add(int(name))
+        for name in names:
+            base = str(name).rstrip("/").rsplit("/", 1)[-1]
+            stem = base.removesuffix(_TILE_SUFFIX)
+            if base.endswith(_TILE_SUFFIX) and stem.isdigit():
+                done.add(int(stem))
         return done
 
     def write_tile(
@@ -136,47 +156,56 @@ class ScratchStore:
         *,
         attrs: dict[str, Any] | None = None,
     ) -> None:
-        """Store one tile's owned-cell window and cell table; mark it complete last."""
-        group = _open(self._tile_url(index), "w", self.storage_options)
-        lab = np.ascontiguousarray(labels, dtype=np.uint32)
-        # One chunk per window: label windows compress to little and decompress in a few ms,
-        # faster than many small chunks even when only a halo strip is read (measured).
-        arr = group.create_array("labels", shape=lab.shape, chunks=lab.shape, dtype=np.uint32)
-        arr[...] = lab
-        tab = np.ascontiguousarray(table, dtype=np.float64).reshape(-1, 8)
-        cells = group.create_array("cells", shape=tab.shape, chunks=(max(tab.shape[0], 1), 8), dtype=np.float64)
-        if tab.size:
-            cells[...] = tab
-        group.update_attributes({**(attrs or {}), "complete": True})
+        """Store one tile's owned-cell window and cell table; visible only once complete."""
+        payload = _encode_tile(labels, table, attrs or {})
+        fs, root = self._fs()
+        path = self._tile_path(root, index)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        fs.makedirs(f"{root.rstrip('/')}/tiles", exist_ok=True)
+        fs.pipe_file(tmp, payload)
+        fs.mv(tmp, path)
+        _forget(self.url, index)
+
+    def _read(self, index: int) -> tuple[dict[str, Any], bytes, int]:
+        fs, root = self._fs()
+        data = fs.cat_file(self._tile_path(root, index))
+        header, offset = _decode_header(data, self._tile_path(root, index))
+        return header, data, offset
 
     def tile_attrs(self, index: int) -> dict[str, Any]:
         """Attributes stored with tile ``index``."""
-        return dict(_open(self._tile_url(index), "r", self.storage_options).attrs.asdict())
-
-    def _array(self, index: int, name: str) -> zarr.Array[Any]:
-        url = join_url(self._tile_url(index), name)
-        if self.run:
-            # Within one run a stored tile never changes: reuse its opened array (one metadata
-            # read per worker instead of one per crop).
-            return _cached_array(url, self.run, self.storage_options)
-        return zarr.open_array(url, mode="r", storage_options=_opts(url, self.storage_options))
+        header, _, _ = self._read(index)
+        return dict(header["attrs"])
 
     def read_tile_labels(self, index: int, region: tuple[slice, slice] | None = None) -> NDArray[np.uint32]:
         """Owned-cell window of tile ``index`` (or a region of it, window-relative slices)."""
-        arr = self._array(index, "labels")
-        data = arr[region] if region is not None else arr[...]
-        return np.asarray(data, dtype=np.uint32)
+        window = _cached_window(self.url, self.run, index) if self.run else None
+        if window is None:
+            header, data, offset = self._read(index)
+            window = _decode_labels(header, data, offset)
+            if self.run:
+                _remember(self.url, self.run, index, window)
+        if region is None:
+            return window.copy()
+        return np.array(window[region], dtype=np.uint32)
 
     def read_tile_table(self, index: int) -> NDArray[np.float64]:
         """``(n, 8)`` cell table of tile ``index``."""
-        arr = self._array(index, "cells")
-        return np.asarray(arr[...], dtype=np.float64).reshape(-1, 8)
+        header, data, offset = self._read(index)
+        start = offset + int(header["labels_bytes"])
+        n = int(header["n"])
+        return np.frombuffer(data, dtype="<f8", count=n * 8, offset=start).reshape(n, 8).astype(np.float64)
 
     def remove_tiles(self) -> None:
         """Delete the stored tiles (after a successful run)."""
-        root = self._root("a")
-        if "tiles" in root:
-            del root["tiles"]
+        fs, root = self._fs()
+        tiles = f"{root.rstrip('/')}/tiles"
+        if "://" not in self.url:
+            shutil.rmtree(tiles, ignore_errors=True)
+            fs.makedirs(tiles, exist_ok=True)
+        elif fs.exists(tiles):
+            fs.rm(tiles, recursive=True)
+        _forget(self.url)
 
     def write_flags(self, flags: dict[str, NDArray[np.bool_]], *, fingerprint: str) -> None:
         """Store per-cell flags (index ``cell_id - 1``) for the run ``fingerprint``."""
@@ -189,24 +218,71 @@ class ScratchStore:
         group.update_attributes({"fingerprint": fingerprint, "n_cells": len(next(iter(flags.values()), [])), "complete": True})
 
 
-_ARRAY_CACHE: OrderedDict[tuple[str, str], zarr.Array[Any]] = OrderedDict()
-_ARRAY_CACHE_SIZE = 256
-_ARRAY_CACHE_LOCK = threading.Lock()
+_TILE_SUFFIX = ".tile"
+_MAGIC = b"TILEDSEG-TILE-1\n"
+_LABEL_CODEC = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
 
 
-def _cached_array(url: str, run: str, storage_options: dict[str, Any] | None) -> zarr.Array[Any]:
-    key = (url, run)
-    with _ARRAY_CACHE_LOCK:
-        arr = _ARRAY_CACHE.get(key)
-        if arr is not None:
-            _ARRAY_CACHE.move_to_end(key)
-            return arr
-    arr = zarr.open_array(url, mode="r", storage_options=_opts(url, storage_options))
-    with _ARRAY_CACHE_LOCK:
-        _ARRAY_CACHE[key] = arr
-        while len(_ARRAY_CACHE) > _ARRAY_CACHE_SIZE:
-            _ARRAY_CACHE.popitem(last=False)
-    return arr
+def _encode_tile(labels: NDArray[np.uint32], table: NDArray[np.float64], attrs: dict[str, Any]) -> bytes:
+    lab = np.ascontiguousarray(labels, dtype="<u4")
+    if lab.ndim != 2:
+        raise ParameterError(f"tile labels must be 2-D (Y, X), got shape {lab.shape}")
+    tab = np.ascontiguousarray(table, dtype="<f8").reshape(-1, 8)
+    blob = bytes(_LABEL_CODEC.encode(lab))
+    header = json.dumps(
+        {"shape": list(lab.shape), "n": int(tab.shape[0]), "labels_bytes": len(blob), "attrs": attrs},
+        default=str,
+    ).encode()
+    return b"".join([_MAGIC, len(header).to_bytes(8, "little"), header, blob, tab.tobytes()])
+
+
+def _decode_header(data: bytes, path: str) -> tuple[dict[str, Any], int]:
+    if not data.startswith(_MAGIC):
+        raise SlideFormatError(f"scratch tile {path!r} is not a tiledseg tile file")
+    start = len(_MAGIC)
+    size = int.from_bytes(data[start : start + 8], "little")
+    header: dict[str, Any] = json.loads(data[start + 8 : start + 8 + size])
+    return header, start + 8 + size
+
+
+def _decode_labels(header: dict[str, Any], data: bytes, offset: int) -> NDArray[np.uint32]:
+    rows, cols = (int(v) for v in header["shape"])
+    blob = data[offset : offset + int(header["labels_bytes"])]
+    out = np.empty((rows, cols), dtype="<u4")
+    _LABEL_CODEC.decode(blob, out=out)
+    return out.astype(np.uint32, copy=False)
+
+
+# Within one run a stored tile never changes, and a worker often reads the same window again
+# (for its own stitching and its neighbours', then for each output block it overlaps): keep a
+# few decoded windows per process. Bounded in bytes, so worker memory does not grow with the slide.
+_WINDOWS: OrderedDict[tuple[str, str, int], NDArray[np.uint32]] = OrderedDict()
+_WINDOWS_BYTES = 96 * 2**20
+_WINDOWS_LOCK = threading.Lock()
+
+
+def _cached_window(url: str, run: str, index: int) -> NDArray[np.uint32] | None:
+    with _WINDOWS_LOCK:
+        hit = _WINDOWS.get((url, run, index))
+        if hit is not None:
+            _WINDOWS.move_to_end((url, run, index))
+        return hit
+
+
+def _remember(url: str, run: str, index: int, window: NDArray[np.uint32]) -> None:
+    window.setflags(write=False)
+    with _WINDOWS_LOCK:
+        _WINDOWS[(url, run, index)] = window
+        total = sum(w.nbytes for w in _WINDOWS.values())
+        while total > _WINDOWS_BYTES and len(_WINDOWS) > 1:
+            _, old = _WINDOWS.popitem(last=False)
+            total -= old.nbytes
+
+
+def _forget(url: str, index: int | None = None) -> None:
+    with _WINDOWS_LOCK:
+        for key in [k for k in _WINDOWS if k[0] == url and (index is None or k[2] == index)]:
+            del _WINDOWS[key]
 
 
 def read_cell_flags(

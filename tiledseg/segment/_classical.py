@@ -175,6 +175,7 @@ def flood(
     *,
     step: float = 1.0,
     connectivity: int = 1,
+    compiled: bool | None = None,
 ) -> NDArray[np.int32]:
     """Marker-controlled watershed by a hierarchical (bucket) queue on a quantised landscape.
 
@@ -203,6 +204,11 @@ def flood(
         more waves.
     connectivity : {1, 2}
         1 = 4-neighbourhood (scikit-image's default), 2 = 8-neighbourhood.
+    compiled : bool, optional
+        Run the waves in the compiled loop (numba; the same waves pixel by pixel, with an array
+        of buckets instead of a heap, about twice as fast) or in vectorised NumPy. None (default): the
+        compiled loop when numba is available and the reachable levels span at most a few
+        million steps. Both give identical labels.
 
     Returns
     -------
@@ -257,6 +263,20 @@ def flood(
     flat_labels = labels.ravel()
     flat_free = free.ravel()
     flat_height = height.ravel()
+    kernel = _flood_kernel() if compiled is not False else None
+    if compiled and kernel is None:
+        raise RuntimeError("flood(compiled=True) needs numba (pip install numba)")
+    # ``level *= inverse`` below multiplies in the landscape's precision; the kernel does too.
+    if kernel is not None and kernel(
+        flat_height, flat_labels, flat_free, seeds, np.asarray(steps, dtype=np.intp),
+        np.asarray([inverse], dtype=height.dtype), _MAX_BUCKETS,
+    ):
+        return np.ascontiguousarray(labels[1:-1, 1:-1])
+    if compiled:
+        raise ValueError(
+            "flood(compiled=True): the landscape's levels are not finite or span more than "
+            f"{_MAX_BUCKETS} steps of {step!r}"
+        )
 
     buckets: dict[float, list[NDArray[np.intp]]] = {}
     pending: list[float] = []
@@ -317,6 +337,114 @@ def flood(
                 if now is not None:
                     queue.append(now)
     return np.ascontiguousarray(labels[1:-1, 1:-1])
+
+
+#: Most distinct levels the compiled flood keeps buckets for (else the NumPy waves run).
+_MAX_BUCKETS = 1 << 22
+
+_FLOOD_KERNEL: dict[str, Any] = {}
+
+
+def _flood_kernel() -> Any:
+    """The compiled waves of :func:`flood` (numba), or None when numba is unavailable.
+
+    ``kernel(height, labels, free, seeds, offsets, inverse, max_buckets) -> bool`` floods the
+    flat padded arrays in place exactly as the NumPy waves do: a wave visits its pixels offset
+    by offset in wave order, reached pixels not above the current level form the next wave in
+    the order reached, higher ones are appended to their level's bucket (first in, first out),
+    and levels are drained lowest first. The seeds and the free pixels are quantised once up
+    front, which sizes every bucket, so buckets are slices of one array indexed by level minus
+    the lowest level. It returns False, touching nothing, when those levels are not finite or
+    span ``max_buckets`` or more.
+    """
+    if "fn" not in _FLOOD_KERNEL:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+            def waves(
+                height: Any, labels: Any, free: Any, seeds: Any, offsets: Any, inverse: Any,
+                max_buckets: int,
+            ) -> bool:
+                n = height.size
+                inv = inverse[0]
+                lo: Any = np.inf
+                hi: Any = -np.inf
+                for j in range(seeds.size):
+                    level = np.float64(np.floor(height[seeds[j]] * inv))
+                    if not np.isfinite(level):
+                        return False
+                    lo = min(lo, level)
+                    hi = max(hi, level)
+                for p in range(n):
+                    if free[p]:
+                        level = np.float64(np.floor(height[p] * inv))
+                        if not np.isfinite(level):
+                            return False
+                        lo = min(lo, level)
+                        hi = max(hi, level)
+                if max(-lo, hi) >= 2.0**52:
+                    return False
+                if hi - lo >= max_buckets:
+                    return False
+                span = int(hi - lo) + 1
+                # Every pixel is filed at most once, under its own level: counting the levels of
+                # the seeds and of the free pixels sizes each bucket, so buckets are contiguous
+                # slices of one array (no linked lists: chasing them costs a cache miss a pixel).
+                bucket = np.empty(n, dtype=np.int32)
+                start = np.zeros(span + 1, dtype=np.intp)
+                for j in range(seeds.size):
+                    p = seeds[j]
+                    bucket[p] = int(np.float64(np.floor(height[p] * inv)) - lo)
+                    start[bucket[p] + 1] += 1
+                for p in range(n):
+                    if free[p]:
+                        bucket[p] = int(np.float64(np.floor(height[p] * inv)) - lo)
+                        start[bucket[p] + 1] += 1
+                for b in range(span):
+                    start[b + 1] += start[b]
+                fill = start[:-1].copy()
+                queued = np.empty(start[span], dtype=np.intp)
+                for j in range(seeds.size):
+                    p = seeds[j]
+                    queued[fill[bucket[p]]] = p
+                    fill[bucket[p]] += 1
+                wave = np.empty(n, dtype=np.intp)
+                reached = np.empty(n, dtype=np.intp)
+                for current in range(span):
+                    m = fill[current] - start[current]
+                    if m == 0:
+                        continue
+                    wave[:m] = queued[start[current] : fill[current]]
+                    fill[current] = start[current]
+                    while m > 0:
+                        r = 0
+                        for k in range(offsets.size):
+                            offset = offsets[k]
+                            for j in range(m):
+                                p = wave[j]
+                                q = p + offset
+                                if free[q]:
+                                    labels[q] = labels[p]
+                                    free[q] = False
+                                    reached[r] = q
+                                    r += 1
+                        m = 0
+                        for j in range(r):
+                            q = reached[j]
+                            b = bucket[q]
+                            if b <= current:
+                                wave[m] = q
+                                m += 1
+                            else:
+                                queued[fill[b]] = q
+                                fill[b] += 1
+                return True
+
+            _FLOOD_KERNEL["fn"] = waves
+        except Exception:  # noqa: BLE001  numba missing or failing: NumPy waves
+            _FLOOD_KERNEL["fn"] = None
+    return _FLOOD_KERNEL["fn"]
 
 
 def grow_nearest(

@@ -16,6 +16,7 @@ on the CPU and logs a warning once per worker, so a GPU job never falls back to 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -27,6 +28,7 @@ __all__ = [
     "cached_model",
     "clear_model_cache",
     "model_load_count",
+    "postprocess_threads",
     "resolve_device",
     "validate_device",
 ]
@@ -146,3 +148,9 @@ def resolve_device(
         f"(device={device!r}); run it on a worker with a CUDA GPU (Dask resource GPU=1) or pass "
         "`allow_cpu=True` (CLI: --allow-cpu) to accept slow CPU inference"
     )
+
+
+def postprocess_threads() -> int:
+    """Threads for a backend's CPU post-processing pool: half this process's cores, 2 to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(2, min(8, cores // 2))

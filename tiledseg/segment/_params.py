@@ -44,6 +44,7 @@ SEGMENT_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("halo_um", 40.0, "context each side of a tile in µm (default: the backend's halo)"),
     ("labels_name", "cells", "label image written under <slide>/labels/"),
     ("overwrite", False, "replace an existing label image"),
+    ("statistics_sample", "auto", "slide statistics from: auto (all pixels up to 16 Mpx, else max(1/8, 16 Mpx) of the chunks), full, or a fraction"),
 )
 
 #: Examples shown for parameters that default to None.

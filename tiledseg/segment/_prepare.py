@@ -572,7 +572,25 @@ def prepare_groups(
     index = {n: i for i, n in enumerate(names)}
     out = np.zeros((len(groups), arr.shape[1], arr.shape[2]), dtype=np.float32)
     normalised: dict[str, NDArray[np.float32]] = {}
+    kernel = _group_kernel() if hot_pixel_threshold is None and arr.dtype in _KERNEL_DTYPES else None
     for k, group in enumerate(groups):
+        if kernel is not None and group:
+            missing = [name for name in group if name not in index]
+            if missing:
+                raise ChannelNotFoundError(f"channel {missing[0]!r} is not among the inputs {list(names)}")
+            bounds = [clip_bounds(stats, name, clip=clip) for name in group]
+            plane = np.empty(arr.shape[1:], dtype=np.float32)
+            kernel(
+                arr, np.asarray([index[name] for name in group], dtype=np.intp),
+                np.asarray([lo for lo, _ in bounds], dtype=np.float32),
+                np.asarray([1.0 / (hi - lo) if hi > lo else 0.0 for lo, hi in bounds], dtype=np.float32),
+                np.asarray([hi > lo for lo, hi in bounds], dtype=np.bool_),
+                np.float32(1.0 / len(group)), combine == "sum", plane,
+            )
+            if sigmas[k] > 0:
+                plane = smooth_plane(plane, sigma_um=sigmas[k], pixel_size_um=pixel_size_um)
+            out[k] = plane
+            continue
         planes = []
         for name in group:
             if name not in index:
@@ -590,6 +608,70 @@ def prepare_groups(
             plane = smooth_plane(plane, sigma_um=sigmas[k], pixel_size_um=pixel_size_um)
         out[k] = plane
     return out
+
+
+_GROUP_KERNEL: dict[str, Any] = {}
+#: Input dtypes the compiled group pass takes (others, e.g. float16 or bool, take the NumPy steps).
+_KERNEL_DTYPES = frozenset(
+    np.dtype(t) for t in ("float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32")
+)
+
+
+def _group_kernel() -> Any:
+    """Steps 1, 3 and 4 of one channel group in a single compiled pass (numba), or None.
+
+    ``kernel(image, rows, lows, scales, spread, mean_scale, is_sum, out)`` writes into ``out``
+    exactly what :func:`_prepare_one` (without the hot-pixel filter) and :func:`combine_planes`
+    give, with the same float32 operations in the same order: a non-finite pixel contributes
+    0, else ``clip((float32(v) - low) * scale, 0, 1)`` with NumPy's ``clip`` rule
+    (``x > 0 ? x : 0``, then ``x < 1 ? x : 1``, as ``max(0, x)`` and ``min(1, x)`` do); a channel with no spread contributes 0; planes
+    are summed from the first, then scaled by ``1 / n`` (mean of several) or clipped (sum).
+    One pass instead of about eight NumPy passes and four temporary planes per channel.
+    """
+    if "fn" not in _GROUP_KERNEL:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+            def group(
+                image: Any, rows: Any, lows: Any, scales: Any, spread: Any, mean_scale: Any,
+                is_sum: bool, out: Any,
+            ) -> None:
+                n = rows.size
+                zero = np.float32(0.0)
+                one = np.float32(1.0)
+                height, width = out.shape
+                # Plane by plane, row by row: the inner loop is branch-free and vectorises.
+                for j in range(n):
+                    plane = image[rows[j]]
+                    low = lows[j]
+                    scale = scales[j]
+                    has = spread[j]
+                    for y in range(height):
+                        for x in range(width):
+                            raw = plane[y, x]
+                            value = (np.float32(raw) - low) * scale
+                            value = max(zero, value)
+                            value = min(one, value)
+                            if not (has and np.isfinite(raw)):
+                                value = zero
+                            if j == 0:
+                                out[y, x] = value
+                            else:
+                                out[y, x] += value
+                if is_sum:
+                    for y in range(height):
+                        for x in range(width):
+                            out[y, x] = min(one, max(zero, out[y, x]))
+                elif n > 1:
+                    for y in range(height):
+                        for x in range(width):
+                            out[y, x] *= mean_scale
+
+            _GROUP_KERNEL["fn"] = group
+        except Exception:  # noqa: BLE001  numba missing or failing: NumPy steps
+            _GROUP_KERNEL["fn"] = None
+    return _GROUP_KERNEL["fn"]
 
 
 def _prepare_one(

@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,7 +52,12 @@ from tiledseg.errors import (
     ModelNotFoundError,
     ParameterError,
 )
-from tiledseg.segment._dl_cache import cached_model, resolve_device, validate_device
+from tiledseg.segment._dl_cache import (
+    cached_model,
+    postprocess_threads,
+    resolve_device,
+    validate_device,
+)
 from tiledseg.segment._dl_panel import panel_records
 from tiledseg.segment._prepare import DEFAULT_CLIP, prepare_groups, resolve_channel_roles
 from tiledseg.segment._protocol import BaseBackend, ChannelStatistics, histogram_percentile
@@ -69,6 +75,9 @@ BUILTIN_MODELS = (
 )
 
 _COMPARTMENTS = ("whole-cell", "nuclear")
+
+#: Threads computing Cellpose 3 mask dynamics while the network runs the next windows.
+POSTPROCESS_THREADS = postprocess_threads()
 
 
 def _import_cellpose() -> tuple[Any, Any, int]:
@@ -135,6 +144,14 @@ def load_cellpose_model(spec: str, *, device: str) -> _LoadedCellpose:
         raise ModelNotFoundError(
             f"Cellpose model file {spec!r} does not exist on this worker; pass an existing file "
             f"or a built-in model name {list(BUILTIN_MODELS)} (see docs/models.md)"
+        )
+    if major >= 4 and not is_file and spec != "cpsam":
+        # Cellpose 4 knows only 'cpsam': given another name it logs a warning and silently
+        # segments with cpsam instead.
+        raise ParameterError(
+            f"model {spec!r} is a Cellpose 3 model, but Cellpose {major} is installed, which "
+            "ships only 'cpsam' (and would silently use it instead): pass model='cpsam', or "
+            "install Cellpose 3 (pip install 'cellpose>=3.1,<4') for this model"
         )
     dev = torch.device(device)
     gpu = device != "cpu"
@@ -380,16 +397,22 @@ class CellposeBackend(BaseBackend):
 
     def segment_batch(
         self,
-        prepared: Sequence[NDArray[np.float32]],
+        prepared: Iterable[NDArray[np.float32]],
         *,
         pixel_size_um: float,
         fitted: Mapping[str, float],
     ) -> list[NDArray[np.uint32]]:
         """Several windows; windows of equal shape share Cellpose's forward passes.
 
+        With Cellpose 3 the network runs on the calling thread and the mask dynamics (flow
+        following, the CPU half of Cellpose) of each window run in a small thread pool as soon as
+        its flows are out, overlapping the network pass of the next windows. Same-shape windows
+        are stacked exactly as Cellpose batches a stack's planes, so the masks do not depend on
+        the pipelining. Cellpose 4 runs one ``eval`` per window.
+
         Parameters
         ----------
-        prepared : sequence of (2, Y, X) ndarray of float32
+        prepared : iterable of (2, Y, X) ndarray of float32
             Prepared windows ``(membrane, nuclear)``.
         pixel_size_um : float
             The slide's pixel size; converts ``diameter_um`` to pixels.
@@ -415,19 +438,64 @@ class CellposeBackend(BaseBackend):
             return [r for r in results if r is not None]
         loaded = self._model()
         kwargs = self._eval_kwargs(loaded, pixel_size_um)
-        for shape, members in groups.items():
-            if len(members) == 1 or loaded.major >= 4:
+        if loaded.major >= 4:
+            # Cellpose 4: one call per window (its eval batches the tiles of one image).
+            for members in groups.values():
                 for i in members:
                     masks = loaded.model.eval(inputs[i], channel_axis=2, **kwargs)[0]
-                    results[i] = _as_labels(masks, shape[:2])
-                continue
-            # Same-shape windows as one stack: Cellpose 3 runs their tiles in shared batches and
-            # computes masks plane by plane (no 3-D stitching with stitch_threshold=0).
-            stack = np.stack([inputs[i] for i in members])
-            masks = loaded.model.eval(stack, channel_axis=3, z_axis=0, **kwargs)[0]
-            for j, i in enumerate(members):
-                results[i] = _as_labels(np.asarray(masks)[j], shape[:2])
+                    results[i] = _as_labels(masks, inputs[i].shape[:2])
+            return [r for r in results if r is not None]
+        # Cellpose 3: the network runs on the calling thread; the mask dynamics of each window
+        # run in a small thread pool while the network runs the next windows.
+        with ThreadPoolExecutor(max_workers=POSTPROCESS_THREADS, thread_name_prefix="cellpose-masks") as pool:
+            futures: dict[int, Future[NDArray[np.uint32]]] = {}
+            for shape, members in groups.items():
+                step = _images_per_pass(loaded, shape[:2], kwargs)
+                for s in range(0, len(members), step):
+                    chunk = members[s : s + step]
+                    if len(chunk) == 1:
+                        x, axes = inputs[chunk[0]], {"channel_axis": 2}
+                    else:
+                        # Same-shape windows as one stack: they share forward passes exactly as
+                        # Cellpose batches the planes of a stack (``batch_size // tiles`` planes).
+                        x, axes = np.stack([inputs[i] for i in chunk]), {"channel_axis": 3, "z_axis": 0}
+                    flows = loaded.model.eval(x, compute_masks=False, **axes, **kwargs)[1]
+                    flow = np.asarray(flows[1], dtype=np.float32).reshape((2, len(chunk)) + shape[:2])
+                    prob = np.asarray(flows[2], dtype=np.float32).reshape((len(chunk),) + shape[:2])
+                    for j, i in enumerate(chunk):
+                        futures[i] = pool.submit(self._masks, loaded, flow[:, j], prob[j], kwargs)
+            for i, future in futures.items():
+                results[i] = future.result()
         return [r for r in results if r is not None]
+
+    def _masks(
+        self,
+        loaded: _LoadedCellpose,
+        flow: NDArray[np.float32],
+        prob: NDArray[np.float32],
+        kwargs: Mapping[str, Any],
+    ) -> NDArray[np.uint32]:
+        """One window's masks from its ``(2, Y, X)`` flows and ``(Y, X)`` cell probability.
+
+        The same call, with the same arguments, as Cellpose 3's ``CellposeModel.eval`` makes
+        per image after its network pass (``resample=True``: flows at the input's size).
+        """
+        from cellpose import dynamics
+
+        rescale = loaded.model.diam_mean / kwargs["diameter"]
+        masks = dynamics.resize_and_compute_masks(
+            flow,
+            prob,
+            niter=1 / rescale * 200,
+            cellprob_threshold=kwargs["cellprob_threshold"],
+            flow_threshold=kwargs["flow_threshold"],
+            interp=True,
+            min_size=kwargs.get("min_size", 15),
+            max_size_fraction=0.4,
+            resize=None,
+            device=loaded.model.device,
+        )
+        return _as_labels(masks, prob.shape)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -491,6 +559,29 @@ class CellposeBackend(BaseBackend):
                 f"Cellpose model file {spec!r} does not exist on this worker (see docs/models.md)"
             )
         return cached_model(("cellpose", spec, device), lambda: load_cellpose_model(spec, device=device))
+
+
+def _images_per_pass(loaded: _LoadedCellpose, shape: tuple[int, ...], kwargs: Mapping[str, Any]) -> int:
+    """Planes of a ``shape`` stack Cellpose 3 puts through the network together.
+
+    ``cellpose.core.run_net`` cuts each plane (rescaled to the model's diameter and padded) into
+    ``ny * nx`` tiles of 224 x 224 and runs ``max(1, batch_size // (ny * nx))`` planes per pass;
+    stacks of that many windows reproduce its forward batches exactly.
+    """
+    try:
+        from cellpose.transforms import get_pad_yx
+    except ImportError:  # pragma: no cover - a Cellpose 3 without it: one window per call
+        return 1
+    rescale = loaded.model.diam_mean / kwargs["diameter"]
+    ly, lx = int(shape[0]), int(shape[1])
+    if rescale != 1.0:
+        ly, lx = int(ly * rescale), int(lx * rescale)
+    ypad1, ypad2, xpad1, xpad2 = get_pad_yx(ly, lx)
+    ly, lx = ly + ypad1 + ypad2, lx + xpad1 + xpad2
+    bsize, overlap = 224, 0.1
+    ny = 1 if ly <= bsize else int(np.ceil((1.0 + 2 * overlap) * ly / bsize))
+    nx = 1 if lx <= bsize else int(np.ceil((1.0 + 2 * overlap) * lx / bsize))
+    return max(1, int(kwargs["batch_size"]) // (ny * nx))
 
 
 def _as_labels(masks: Any, shape: tuple[int, ...]) -> NDArray[np.uint32]:

@@ -19,9 +19,11 @@ in the same order, with the image-wide steps replaced by slide-level ones:
    (:mod:`tiledseg.segment._dl_watershed`), cut into the model's 256 x 256 patches with a 0.75
    stride, run the SavedModel in batches, blend the patches back, run the deep watershed with
    Mesmer's defaults, and resample the labels to the slide grid by nearest neighbour. Patches of
-   all windows handed to ``segment_batch`` share forward passes, and each window is
-   post-processed in a helper thread as soon as its last patch is through the model, so the CPU
-   watershed of one window overlaps the inference of the next.
+   all windows handed to ``segment_batch`` share forward passes. The CPU work is pipelined
+   around the model: a helper thread takes (and, from a lazy iterable, reads) window ``k + 1``
+   and resamples, clips and CLAHE-normalises it while window ``k`` is in the model, and each
+   window is blended and deep-watershedded in a small thread pool as soon as its last patch is
+   through the model, while the next ones run.
 
 The model is DeepCell's ``MultiplexSegmentation`` SavedModel, loaded with a current TensorFlow
 (``tf.saved_model.load(path).signatures["serving_default"]``, input ``input_0``), from
@@ -35,7 +37,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +53,12 @@ from tiledseg.errors import (
     ModelNotFoundError,
     ParameterError,
 )
-from tiledseg.segment._dl_cache import cached_model, resolve_device, validate_device
+from tiledseg.segment._dl_cache import (
+    cached_model,
+    postprocess_threads,
+    resolve_device,
+    validate_device,
+)
 from tiledseg.segment._dl_panel import panel_records
 from tiledseg.segment._dl_patches import (
     PatchLayout,
@@ -77,6 +85,18 @@ MODEL_ENV_VAR = "TILEDSEG_MESMER_MODEL"
 
 #: Pixel size Mesmer was trained at (``Mesmer.model_mpp``).
 MODEL_MPP = 0.5
+
+#: Windows resampled, normalised and cut ahead of the model (bounds the memory they hold).
+PREFETCH_WINDOWS = 2
+
+#: Threads that blend and deep-watershed finished windows while the model runs the next ones
+#: (half the process's cores, 2 to 8: the deep watershed costs about 0.5 CPU-second per model
+#: megapixel, far more than the forward pass on a GPU).
+POSTPROCESS_THREADS = postprocess_threads()
+
+#: A window handed to the model stage: index, ``(Y, X)`` on the slide grid, and its model-ready
+#: ``(Y', X', 2)`` planes at ``model_mpp`` (``None`` for a blank window).
+_Window = tuple[int, tuple[int, int], "NDArray[np.float32] | None"]
 
 _OUTPUTS = ("semantic_0", "semantic_1", "semantic_2", "semantic_3")
 _COMPARTMENTS = ("whole-cell", "nuclear")
@@ -453,17 +473,29 @@ class MesmerBackend(BaseBackend):
 
     def segment_batch(
         self,
-        prepared: Sequence[NDArray[np.float32]],
+        prepared: Iterable[NDArray[np.float32]],
         *,
         pixel_size_um: float,
         fitted: Mapping[str, float],
     ) -> list[NDArray[np.uint32]]:
         """Several windows at once: their model patches share forward passes.
 
+        The windows go through a three-stage pipeline so that the model is not kept waiting
+        for the CPU: a helper thread takes window ``k + 1`` from ``prepared`` (so a lazy
+        iterable is read there) and resamples and normalises it (CLAHE) while the patches of
+        window ``k`` are in the model, keeping at most :data:`PREFETCH_WINDOWS` windows ready;
+        each window is blended and deep-watershedded in a pool of
+        :data:`POSTPROCESS_THREADS` threads as soon as its last patch has left the model. The
+        forward passes see exactly the batches a serial run would (consecutive
+        ``model_batch_size`` patches of all non-blank windows in order), so the labels do not
+        depend on the pipelining. The model is loaded (once per process) only when a window is
+        not blank.
+
         Parameters
         ----------
-        prepared : sequence of (2, Y, X) ndarray of float32
-            Prepared windows (sizes may differ).
+        prepared : iterable of (2, Y, X) ndarray of float32
+            Prepared windows (sizes may differ); a generator is consumed in the helper thread,
+            one window ahead of the model.
         pixel_size_um : float
             The slide's pixel size (Mesmer's ``image_mpp``).
         fitted : mapping
@@ -476,43 +508,80 @@ class MesmerBackend(BaseBackend):
         if not (isinstance(pixel_size_um, (int, float, np.floating)) and pixel_size_um > 0):
             raise ParameterError(f"`pixel_size_um` must be a positive number, got {pixel_size_um!r}")
         clips = self._clips(fitted)
-        windows = [self._preprocess(p, pixel_size_um=pixel_size_um, clips=clips, index=i)
-                   for i, p in enumerate(prepared)]
-        results: list[NDArray[np.uint32]] = [
-            np.zeros(np.asarray(p).shape[1:], dtype=np.uint32) for p in prepared
-        ]
-        # Blank or constant windows (slide background) hold no cells: skip the model for them.
-        todo = [i for i, w in enumerate(windows) if w is not None]
-        if not todo:
-            return results
-        model = self._model()
-        cut = {i: cut_patches(windows[i], patch=model.patch) for i in todo}  # type: ignore[arg-type]
-        stacked = np.concatenate([cut[i][0] for i in todo], axis=0)
-        stops = np.cumsum([cut[i][1].n_patches for i in todo])
-        # Post-process each window in a helper thread as soon as its last patch has left the
-        # model, while the next batches run: the GPU does not wait for the CPU watershed.
-        # Only the two maps the chosen compartment needs are kept (inner distance, interior):
-        # a quarter of the heads' memory.
-        kept = np.empty(stacked.shape[:3] + (2,), dtype=np.float32)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            futures: dict[int, Future[NDArray[np.uint32]]] = {}
-            next_window = 0
-            for s in range(0, stacked.shape[0], self.model_batch_size):
-                out = model(stacked[s : s + self.model_batch_size])
-                if len(out) != 4:
-                    raise BackendError(f"Mesmer model returned {len(out)} heads, expected 4")
-                done = s + out[0].shape[0]
-                kept[s:done] = self._select(out)
-                while next_window < len(todo) and stops[next_window] <= done:
-                    i = todo[next_window]
-                    start = int(stops[next_window - 1]) if next_window else 0
-                    view = kept[start : int(stops[next_window])]
-                    shape = np.asarray(prepared[i]).shape
-                    futures[i] = pool.submit(self._finish, view, cut[i][1], (shape[1], shape[2]))
-                    next_window += 1
-            for i, future in futures.items():
-                results[i] = future.result()
-        return results
+        source = iter(enumerate(prepared))
+        results: dict[int, NDArray[np.uint32]] = {}
+        batch = self.model_batch_size
+        model: _LoadedMesmer | None = None
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mesmer-prepare") as prep,
+            ThreadPoolExecutor(max_workers=POSTPROCESS_THREADS, thread_name_prefix="mesmer-post") as post,
+        ):
+            # The helper thread takes the windows from ``prepared`` one by one (a lazy iterable
+            # is read there too) and keeps up to PREFETCH_WINDOWS of them ready.
+            ahead: deque[Future[_Window | None]] = deque()
+            exhausted = False
+
+            def prefetch() -> None:
+                while not exhausted and len(ahead) < PREFETCH_WINDOWS:
+                    ahead.append(prep.submit(self._next_window, source, pixel_size_um, clips))
+
+            # Patches waiting for the model: (window, first patch, patches); per window the
+            # kept maps (inner distance, interior), its layout and how many patches are still out.
+            queue: deque[tuple[int, int, NDArray[np.float32]]] = deque()
+            queued = 0
+            kept: dict[int, NDArray[np.float32]] = {}
+            layouts: dict[int, PatchLayout] = {}
+            shapes: dict[int, tuple[int, int]] = {}
+            missing: dict[int, int] = {}
+            finished: dict[int, Future[NDArray[np.uint32]]] = {}
+            prefetch()
+            while True:
+                while queued < batch and not exhausted:
+                    window = ahead.popleft().result()
+                    if window is None:
+                        exhausted = True
+                        break
+                    prefetch()  # the next window is prepared while this one is in the model
+                    i, shape, x = window
+                    if x is None:
+                        # A blank or constant window (slide background) holds no cells.
+                        results[i] = np.zeros(shape, dtype=np.uint32)
+                        continue
+                    if model is None:
+                        model = self._model()
+                    patches, layout = cut_patches(x, patch=model.patch)
+                    queue.append((i, 0, patches))
+                    queued += patches.shape[0]
+                    kept[i] = np.empty(patches.shape[:3] + (2,), dtype=np.float32)
+                    layouts[i], shapes[i], missing[i] = layout, shape, patches.shape[0]
+                if queued == 0:
+                    break
+                assert model is not None
+                pieces: list[tuple[int, int, NDArray[np.float32]]] = []
+                want = min(batch, queued)
+                while want:
+                    i, first, patches = queue.popleft()
+                    take = min(want, patches.shape[0])
+                    pieces.append((i, first, patches[:take]))
+                    if take < patches.shape[0]:
+                        queue.appendleft((i, first + take, patches[take:]))
+                    want -= take
+                    queued -= take
+                heads = model(np.concatenate([p for _, _, p in pieces], axis=0))
+                if len(heads) != 4:
+                    raise BackendError(f"Mesmer model returned {len(heads)} heads, expected 4")
+                maps = self._select(heads)
+                row = 0
+                for i, first, p in pieces:
+                    n = p.shape[0]
+                    kept[i][first : first + n] = maps[row : row + n]
+                    row += n
+                    missing[i] -= n
+                    if missing[i] == 0:
+                        finished[i] = post.submit(self._finish, kept.pop(i), layouts.pop(i), shapes[i])
+            for i, done in finished.items():
+                results[i] = done.result()
+        return [results[i] for i in range(len(results))]
 
     def _select(self, heads: list[NDArray[np.float32]]) -> NDArray[np.float32]:
         """``(N, P, P, 2)``: inner distance and interior probability of the compartment."""
@@ -545,23 +614,40 @@ class MesmerBackend(BaseBackend):
                 "MesmerBackend.fit on the slide histograms of the prepared planes"
             ) from None
 
+    def _checked(self, prepared: NDArray[np.float32], *, index: int) -> NDArray[np.float32]:
+        arr = np.asarray(prepared)
+        if arr.ndim != 3 or arr.shape[0] != 2:
+            raise ParameterError(
+                f"prepared window {index} must be (2, Y, X) (nuclear, membrane), got {arr.shape}"
+            )
+        return arr
+
+    def _next_window(
+        self,
+        source: Iterator[tuple[int, NDArray[np.float32]]],
+        pixel_size_um: float,
+        clips: tuple[float, float],
+    ) -> _Window | None:
+        """The next window of ``source``, model-ready; ``None`` when there is none left."""
+        item = next(source, None)
+        if item is None:
+            return None
+        index, prepared = item
+        arr = self._checked(prepared, index=index)
+        shape = (int(arr.shape[1]), int(arr.shape[2]))
+        if _is_blank(arr):
+            return index, shape, None
+        return index, shape, self._preprocess(arr, pixel_size_um=pixel_size_um, clips=clips)
+
     def _preprocess(
         self,
         prepared: NDArray[np.float32],
         *,
         pixel_size_um: float,
         clips: tuple[float, float],
-        index: int,
-    ) -> NDArray[np.float32] | None:
-        """Model-ready ``(Y', X', 2)`` window at ``model_mpp``, or None for a blank window."""
+    ) -> NDArray[np.float32]:
+        """Model-ready ``(Y', X', 2)`` window at ``model_mpp`` from a ``(2, Y, X)`` window."""
         arr = np.asarray(prepared)
-        if arr.ndim != 3 or arr.shape[0] != 2:
-            raise ParameterError(
-                f"prepared window {index} must be (2, Y, X) (nuclear, membrane), got {arr.shape}"
-            )
-        finite = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-        if finite.size == 0 or all(np.ptp(finite[k]) == 0 for k in range(2)):
-            return None
         scale = pixel_size_um / self.model_mpp
         shape = (max(1, int(arr.shape[1] * scale)), max(1, int(arr.shape[2] * scale)))
         x = resize_image(np.moveaxis(arr.astype(np.float32, copy=False), 0, -1), shape)
@@ -592,3 +678,9 @@ class MesmerBackend(BaseBackend):
                 f"Mesmer model {path!r} does not exist on this worker; {_HOW_TO_GET}"
             )
         return cached_model(("mesmer", path, device), lambda: load_mesmer_model(path, device=device))
+
+
+def _is_blank(window: NDArray[np.float32]) -> bool:
+    """Whether a ``(2, Y, X)`` window is empty or constant in both planes (no cells)."""
+    finite = np.nan_to_num(window, nan=0.0, posinf=0.0, neginf=0.0)
+    return finite.size == 0 or all(np.ptp(finite[k]) == 0 for k in range(finite.shape[0]))

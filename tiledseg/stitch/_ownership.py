@@ -124,6 +124,20 @@ def _run_statistics(
     if labels.size == 0:
         zeros = np.zeros(0, np.float64)
         return empty, empty, zeros, zeros, np.zeros((0, 4), np.int64)
+    kernel = _statistics_kernel()
+    if kernel is not None and labels.dtype in _KERNEL_DTYPES:
+        hi = int(labels.max())
+        if hi <= 4 * labels.size + 65536:
+            # Dense label values: one compiled pass filling a table per value (integer sums, so
+            # the same numbers as the runs below).
+            table = np.zeros((hi + 1, 7), dtype=np.int64)
+            kernel(labels, table)
+            values = np.flatnonzero(table[1:, 0]) + 1
+            rows = table[values]
+            return (
+                values.astype(np.int64), rows[:, 0].copy(), rows[:, 1].astype(np.float64),
+                rows[:, 2].astype(np.float64), np.ascontiguousarray(rows[:, 3:]),
+            )
     start = np.empty((ny, nx), dtype=bool)
     start[:, 0] = True
     np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
@@ -154,6 +168,57 @@ def _run_statistics(
     np.maximum.at(bbox[:, 2], inverse, row + 1)
     np.maximum.at(bbox[:, 3], inverse, stop)
     return values.astype(np.int64), area, row_sums, col_sums, bbox
+
+
+_STATISTICS_KERNEL: dict[str, Any] = {}
+#: Label dtypes the compiled statistics take (others take the runs in NumPy).
+_KERNEL_DTYPES = frozenset(
+    np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64")
+)
+
+
+def _statistics_kernel() -> Any:
+    """One compiled pass of :func:`_run_statistics` (numba), or None when numba is unavailable.
+
+    ``kernel(labels, table)`` fills ``table[v] = (area, row sum, column sum, min row, min col,
+    max row + 1, max col + 1)`` for every label value ``v > 0`` (``table`` zeroed, one row per
+    value up to the maximum), walking each row's runs of equal labels.
+    """
+    if "fn" not in _STATISTICS_KERNEL:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+            def statistics(labels: Any, table: Any) -> None:
+                ny, nx = labels.shape
+                for r in range(ny):
+                    c = 0
+                    while c < nx:
+                        v = labels[r, c]
+                        stop = c + 1
+                        while stop < nx and labels[r, stop] == v:
+                            stop += 1
+                        if v != 0:
+                            length = stop - c
+                            t = table[v]
+                            if t[0] == 0:
+                                t[3] = r
+                                t[4] = c
+                                t[5] = r + 1
+                                t[6] = stop
+                            else:
+                                t[4] = min(t[4], c)
+                                t[5] = r + 1
+                                t[6] = max(t[6], stop)
+                            t[0] += length
+                            t[1] += r * length
+                            t[2] += (length * (c + stop - 1)) // 2
+                        c = stop
+
+            _STATISTICS_KERNEL["fn"] = statistics
+        except Exception:  # noqa: BLE001  numba missing or failing: NumPy runs
+            _STATISTICS_KERNEL["fn"] = None
+    return _STATISTICS_KERNEL["fn"]
 
 
 def _relabel(
