@@ -284,11 +284,27 @@ def test_label_pyramid_written_with_the_blocks_equals_the_mode_pyramid(
         assert np.array_equal(downsample_labels_block(finer), coarser)
 
 
+def test_larger_slides_write_two_pyramid_levels_with_the_blocks(client: Client, tmp_path: Path) -> None:
+    # 17 x 19 chunks of 32 px: 4 x 4-chunk regions (levels 1 and 2 painted by the tasks), odd
+    # edges at every level; the stored pyramid must still be the 2x2-mode pyramid of level 0
+    from tiledseg.io._pyramid import downsample_labels_block
+
+    shape = (520, 600)
+    url = write_slide(str(tmp_path / "big.ome.zarr"), _image(seed=4, shape=shape), channel_names=["DNA1", "CD3"],
+                      pixel_size_um=1.0, chunks=(1, 32, 32))
+    segment_slide(open_slide(url), ThresholdBackend(max_cell_diameter_um=16), client=client, tile_size=64)
+    levels = [np.asarray(level.compute()) for level in open_labels(url).levels]
+    assert [lv.shape for lv in levels][:4] == [(520, 600), (260, 300), (130, 150), (65, 75)]
+    for finer, coarser in itertools.pairwise(levels):
+        assert np.array_equal(downsample_labels_block(finer), coarser)
+    assert_consecutive_labels(levels[0])
+
+
 def test_level1_regions_must_cover_whole_level1_chunks(slide_url: str) -> None:
     from tiledseg.io import begin_labels
 
     writer = begin_labels(slide_url, "cells", chunks=(64, 64))
     assert writer.create_level1()
-    with pytest.raises(ParameterError, match="twice the chunks"):
+    with pytest.raises(ParameterError, match="2 times the chunks"):
         writer.write_region(np.ones((64, 64), np.uint32), offset=(64, 0), level1=True)
 

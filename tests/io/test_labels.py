@@ -250,3 +250,24 @@ def test_label_levels_use_the_unshuffled_codec_and_images_the_shuffled_one(
             assert codec.cname.value == "lz4" and codec.shuffle.value == "noshuffle", (name, path, codec)
     [image_codec] = zarr.open_array(f"{slide_url}/0", mode="r").compressors
     assert image_codec.shuffle.value == "shuffle"
+
+
+def test_regions_with_two_pyramid_levels(slide_url: str, label_image: np.ndarray) -> None:
+    from tiledseg.io._pyramid import downsample_labels_block
+
+    writer = begin_labels(slide_url, "cells", chunks=(16, 16))
+    assert writer.create_levels(2) == 2
+    with pytest.raises(ParameterError, match="4 times the chunks"):
+        writer.write_region(label_image[:32, :32].astype(np.uint32), offset=(32, 0), levels=2)
+    for r in range(0, 70, 64):
+        for c in range(0, 90, 64):
+            writer.write_region(label_image[r : r + 64, c : c + 64].astype(np.uint32), offset=(r, c), levels=2)
+    writer.finalize(levels_written=2)
+    levels = [np.asarray(level.compute()) for level in open_labels(slide_url, "cells").levels]
+    assert np.array_equal(levels[0], label_image)
+    assert len(levels) == 4  # 70 x 90 with 16-px chunks: 35 x 45, 18 x 23, 9 x 12
+    for finer, coarser in zip(levels, levels[1:], strict=False):
+        assert np.array_equal(downsample_labels_block(finer), coarser)
+    # a short pyramid creates only the levels it has
+    small = begin_labels(slide_url, "small", chunks=(64, 64))
+    assert small.create_levels(5) == 1

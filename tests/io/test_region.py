@@ -200,3 +200,55 @@ def test_engine_reader_strip_cache_serves_halos_exactly(tmp_path: Path) -> None:
         np.testing.assert_array_equal(small.read(tile.window), expected[:, r0:r1, c0:c1])
         assert small._strip_bytes <= 3 * 32 * 32 * 4
     assert small._strips
+
+
+# --------------------------------------------------------------------------- direct chunk writes
+
+
+def _label_array(path: Path, zarr_format: int = 3) -> zarr.Array:  # type: ignore[type-arg]
+    from tiledseg.io._write import compressors_for
+
+    return zarr.create_array(
+        str(path), shape=(70, 90), chunks=(32, 32), dtype=np.uint32, fill_value=0,
+        compressors=compressors_for(np.dtype(np.uint32), zarr_format=zarr_format, labels=True),
+        zarr_format=zarr_format,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_direct_region_writes_read_back_through_zarr(tmp_path: Path, zarr_format: int) -> None:
+    from tiledseg.io._region import _fast_codec, write_region
+
+    arr = _label_array(tmp_path / "l.zarr", zarr_format)
+    assert _fast_codec(arr)
+    rng = np.random.default_rng(3)
+    expected = np.zeros((70, 90), np.uint32)
+    # whole chunks, the ragged edge chunks, and a block that is all background in one chunk
+    for (r, c, h, w) in [(0, 0, 64, 64), (64, 0, 6, 64), (0, 64, 64, 26), (64, 64, 6, 26)]:
+        block = rng.integers(0, 9, size=(h, w)).astype(np.uint32)
+        block[:32, :32] = 0 if (r, c) == (0, 0) else block[:32, :32]
+        write_region(arr, block, (r, c))
+        expected[r : r + h, c : c + w] = block
+    reread = zarr.open_array(str(tmp_path / "l.zarr"), mode="r")
+    assert np.array_equal(reread[...], expected)
+    # the all-background chunk is not stored, like zarr's own writes
+    key = reread.metadata.encode_chunk_key((0, 0))
+    assert not (tmp_path / "l.zarr" / key).exists()
+    # rewriting a chunk with background removes the stale stored chunk
+    write_region(arr, np.zeros((6, 26), np.uint32), (64, 64))
+    assert not (tmp_path / "l.zarr" / reread.metadata.encode_chunk_key((2, 2))).exists()
+    expected[64:, 64:] = 0
+    assert np.array_equal(zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[...], expected)
+    assert not list((tmp_path / "l.zarr").rglob("*.partial"))
+
+
+def test_unaligned_regions_and_other_stores_go_through_zarr(tmp_path: Path) -> None:
+    from tiledseg.io._region import write_region
+
+    arr = _label_array(tmp_path / "l.zarr")
+    block = np.arange(10 * 20, dtype=np.uint32).reshape(10, 20) + 1
+    write_region(arr, block, (5, 7))  # not on chunk boundaries
+    assert np.array_equal(arr[5:15, 7:27], block)
+    mem = zarr.create_array(zarr.storage.MemoryStore(), shape=(70, 90), chunks=(32, 32), dtype=np.uint32)
+    write_region(mem, np.ones((32, 32), np.uint32), (32, 32))
+    assert mem[32:64, 32:64].sum() == 32 * 32 and mem[...].sum() == 32 * 32

@@ -76,6 +76,8 @@ def test_windows_are_cached_per_run_and_returned_as_copies(tmp_path: Path) -> No
     (tmp_path / "scratch.zarr" / "tiles" / "0.tile").unlink()
     assert np.array_equal(run.read_tile_labels(0), labels)  # served from the run's cache
     assert np.array_equal(run.read_tile_labels(0, (slice(1, 2), slice(0, 4))), labels[1:2])
+    view = run.read_tile_labels(0, copy=False)
+    assert np.array_equal(view, labels) and not view.flags.writeable  # the cached window itself
     store.write_tile(0, labels + 1, np.zeros((0, 8)))  # rewriting a tile drops its cached window
     assert np.array_equal(run.read_tile_labels(0), labels + 1)
 

@@ -249,3 +249,25 @@ def test_compiled_run_statistics_equal_the_numpy_runs(monkeypatch: pytest.Monkey
             ref_owned = own_cells(cells[tile.window_slices], tile=tile, slide_shape=plan.shape)
         assert got_owned.table().tobytes() == ref_owned.table().tobytes()
         assert got_owned.labels.tobytes() == ref_owned.labels.tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_compiled_painting_equals_numpy(seed: int) -> None:
+
+    from tiledseg.stitch import _assemble
+
+    rng = np.random.default_rng(seed)
+    block = ((10, 50), (20, 70))
+    pieces = []
+    for tile in rng.permutation(4):
+        r0, c0 = int(rng.integers(10, 40)), int(rng.integers(20, 60))
+        r1, c1 = int(rng.integers(r0 + 1, 51)), int(rng.integers(c0 + 1, 71))
+        labels = rng.integers(0, 6, size=(r1 - r0, c1 - c0)).astype(np.uint32)
+        relabel = np.concatenate([[0], rng.integers(0, 100, size=5)]).astype(np.uint32)  # some dropped (0)
+        pieces.append((int(tile), labels, ((r0, r1), (c0, c1)), relabel))
+    compiled = assemble_block(block, pieces)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(_assemble._KERNELS, "paint", None)
+        reference = assemble_block(block, pieces)
+    assert np.array_equal(compiled, reference)

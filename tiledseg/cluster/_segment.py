@@ -28,11 +28,11 @@ Stages (each emits :class:`~tiledseg.progress.ProgressEvent` s under its name):
     (:func:`tiledseg.stitch.resolve_conflicts`); exact pixel counts for the rare cells that might
     lose every pixel; per-tile counts -> prefix-sum IDs -> per-tile relabel maps.
 ``assemble``
-    One task per 2 x 2 output chunks: paint them from the overlapping tiles' owned cells with
-    their relabel maps (:func:`tiledseg.stitch.assemble_block`), write them to ``labels/<name>``
-    and their 2x2 mode to pyramid level 1 (one whole level-1 chunk, so level 0 is never read
-    back); then the coarser levels from level 1, the run metadata, and the completion marker,
-    last.
+    One task per 4 x 4 output chunks (2 x 2 on small slides): paint them from the overlapping
+    tiles' owned cells with their relabel maps (:func:`tiledseg.stitch.assemble_block`), write
+    them to ``labels/<name>`` and their successive 2x2 modes to pyramid levels 1 and 2 (whole
+    chunks of each, so level 0 is never read back); then the coarser levels from the last one
+    written, the run metadata, and the completion marker, last.
 
 Only the small per-tile maps travel to each block; no task ever holds the slide.
 """
@@ -401,16 +401,32 @@ def _task_overlaps(
     table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), scratch.read_tile_table(tile.index))
     out: dict[tuple[int, int], NDArray[np.int64]] = {}
     if table.n:
-        mine = scratch.read_tile_labels(tile.index)
+        mine = scratch.read_tile_labels(tile.index, copy=False)
         for other in others:
             box = _intersect(tile.window, other.window)
             if box is None:
                 continue
-            theirs = scratch.read_tile_labels(other.index, _crop(other, box))
+            theirs = scratch.read_tile_labels(other.index, _crop(other, box), copy=False)
             pairs = pair_overlaps(mine[_crop(tile, box)], box, theirs, box)
             if pairs.size:
                 out[(tile.index, other.index)] = pairs
     return table.area, table.truncated, out
+
+
+def _task_overlaps_batch(
+    scratch: ScratchStore, items: Sequence[tuple[Tile, Sequence[Tile]]]
+) -> list[tuple[NDArray[np.int64], NDArray[np.bool_], dict[tuple[int, int], NDArray[np.int64]]]]:
+    """:func:`_task_overlaps` for several tiles, in order."""
+    return [_task_overlaps(scratch, tile, others) for tile, others in items]
+
+
+def _n_threads(client: Client) -> int:
+    """Worker threads of the cluster (1 when it cannot be asked)."""
+    try:
+        threads: dict[str, int] = client.nthreads()  # type: ignore[no-untyped-call]
+        return int(sum(threads.values())) or 1
+    except Exception:  # noqa: BLE001  an odd client: batch as for one thread
+        return 1
 
 
 def _task_claimed(
@@ -421,7 +437,7 @@ def _task_claimed(
     for other, keep in higher:
         box = _intersect(tile.window, other.window)
         if box is not None:
-            claims.append((scratch.read_tile_labels(other.index, _crop(other, box)), box, keep))
+            claims.append((scratch.read_tile_labels(other.index, _crop(other, box), copy=False), box, keep))
     return claimed_pixels(mine, tile.window, claims)
 
 
@@ -430,16 +446,16 @@ def _task_assemble(
     writer: Any,
     block: Window,
     pieces: Sequence[tuple[Tile, NDArray[np.uint32]]],
-    level1: bool = False,
+    levels: int = 0,
 ) -> int:
     loaded = []
     for tile, relabel in pieces:
         box = _intersect(tile.window, block)
         if box is None:
             continue
-        loaded.append((tile.index, scratch.read_tile_labels(tile.index, _crop(tile, box)), box, relabel))
+        loaded.append((tile.index, scratch.read_tile_labels(tile.index, _crop(tile, box), copy=False), box, relabel))
     out = assemble_block(block, loaded)
-    writer.write_region(out, offset=(block[0][0], block[1][0]), level1=level1)
+    writer.write_region(out, offset=(block[0][0], block[1][0]), levels=levels)
     return int(np.count_nonzero(out))
 
 
@@ -907,17 +923,27 @@ def segment_slide(
 
     # ---- stitch ----------------------------------------------------------------------------
     stage = _Stage("stitch", len(plan), progress)
-    parts = _gather_all(
-        client,
-        [
-            client.submit(
-                _task_overlaps, scratch, tile, [plan[o] for o in plan.neighbours(tile.index) if o > tile.index],
-                pure=False, retries=retries,
-            )
-            for tile in tiles
-        ],
-        lambda _: stage.advance(),
-    )
+    # Runs of consecutive tiles per task: a few tasks per worker thread instead of one per tile
+    # (the per-task round trips cost more than the work), and a worker reuses the windows it
+    # decoded for one tile as the next tile's neighbours.
+    per_task = max(1, -(-len(plan) // (4 * max(1, _n_threads(client)))))
+    runs = [tiles[i : i + per_task] for i in range(0, len(plan), per_task)]
+    parts = [
+        part
+        for batch in _gather_all(
+            client,
+            [
+                client.submit(
+                    _task_overlaps_batch, scratch,
+                    [(tile, [plan[o] for o in plan.neighbours(tile.index) if o > tile.index]) for tile in run],
+                    pure=False, retries=retries,
+                )
+                for run in runs
+            ],
+            lambda batch: stage.advance(len(batch)),
+        )
+        for part in batch
+    ]
     areas = {t: part[0] for t, part in enumerate(parts)}
     truncated_of = {t: part[1] for t, part in enumerate(parts)}
     overlaps: dict[tuple[int, int], NDArray[np.int64]] = {}
@@ -976,10 +1002,17 @@ def segment_slide(
         metadata={"fingerprint": fingerprint},
     )
     cy, cx = writer.chunks
-    # Regions of 2 x 2 output chunks also give whole chunks of pyramid level 1, written from
-    # the painted region instead of reading level 0 back in `finalize`.
-    level1 = writer.create_level1()
-    sy, sx = (2 * cy, 2 * cx) if level1 else (cy, cx)
+    # Regions of 2**k x 2**k output chunks also give whole chunks of pyramid levels 1..k,
+    # written from the painted region instead of reading level 0 back in `finalize`: k = 2
+    # (4096^2 regions with 1024^2 chunks; fewer tiles decoded twice at region borders, and the
+    # pyramid left to `finalize` is 1/16 of level 0) while that leaves at least two regions per
+    # worker thread, else k = 1.
+    threads = _n_threads(client)
+    k = 1
+    if -(-ny // (4 * cy)) * -(-nx // (4 * cx)) >= 2 * threads:
+        k = 2
+    levels = writer.create_levels(k)
+    sy, sx = (2**levels * cy, 2**levels * cx)
     blocks = [
         ((r, min(r + sy, ny)), (c, min(c + sx, nx))) for r in range(0, ny, sy) for c in range(0, nx, sx)
     ]
@@ -989,7 +1022,7 @@ def segment_slide(
     for block in blocks:
         pieces = [(plan[t], maps[t]) for t in plan.overlapping(block[0], block[1]) if counts[t] > 0]
         futures.append(
-            client.submit(_task_assemble, scratch, writer, block, pieces, level1, pure=False, retries=retries)
+            client.submit(_task_assemble, scratch, writer, block, pieces, levels, pure=False, retries=retries)
         )
     chunks_of = {f.key: n for f, n in zip(futures, n_chunks, strict=True)}
     for fut in as_completed(futures):  # type: ignore[no-untyped-call]
@@ -997,7 +1030,7 @@ def segment_slide(
         stage.advance(chunks_of[fut.key])
     scratch.write_flags({"seam": seam, "truncated": truncated}, fingerprint=fingerprint)
     t_pyramid = time.perf_counter()
-    url = writer.finalize(metadata=run_meta, level1_written=level1)
+    url = writer.finalize(metadata=run_meta, levels_written=levels)
     stage_seconds["pyramid"] = time.perf_counter() - t_pyramid
     stage_seconds["assemble"] = stage.end()
     if not keep_scratch:

@@ -41,6 +41,7 @@ import zarr
 from tiledseg.errors import ParameterError, SlideFormatError, SlideNotFoundError
 from tiledseg.io._ngff import label_attrs, labels_group_attrs, ngff_attrs, read_multiscale
 from tiledseg.io._pyramid import downsample_labels_block, level_shapes
+from tiledseg.io._region import write_region
 from tiledseg.io._slide import slide_spatial_info
 from tiledseg.io._store import (
     STATUS_COMPLETE,
@@ -276,34 +277,44 @@ class LabelsWriter:
         shapes = level_shapes(self.shape, self.chunks)
         return shapes[1] if len(shapes) > 1 else None
 
-    def create_level1(self) -> bool:
-        """Create the empty pyramid level ``"1"`` for :meth:`write_region` with ``level1=True``.
+    def create_levels(self, levels: int) -> int:
+        """Create empty pyramid levels ``"1"`` .. ``"k"`` for :meth:`write_region` with ``levels=k``.
+
+        Parameters
+        ----------
+        levels : int
+            Levels wanted; fewer are created when the image's pyramid is shorter.
 
         Returns
         -------
-        bool
-            ``False`` (nothing created) when the image has no pyramid level 1.
+        int
+            ``k``, the number of levels created (0 when the image has no pyramid).
         """
-        shape = self.level1_shape()
-        if shape is None:
-            return False
-        create_level(self._group(), "1", shape=shape, chunks=self.chunks, dtype=LABEL_DTYPE,
-                     dimension_names=("y", "x"), labels=True)
-        with _OPENED_LOCK:
-            _OPENED.pop((self.token, "1"), None)
-        return True
+        shapes = level_shapes(self.shape, self.chunks)
+        k = max(0, min(int(levels), len(shapes) - 1))
+        for i in range(1, k + 1):
+            create_level(self._group(), str(i), shape=shapes[i], chunks=self.chunks, dtype=LABEL_DTYPE,
+                         dimension_names=("y", "x"), labels=True)
+            with _OPENED_LOCK:
+                _OPENED.pop((self.token, str(i)), None)
+        return k
+
+    def create_level1(self) -> bool:
+        """Create the empty pyramid level ``"1"`` (``create_levels(1) == 1``)."""
+        return self.create_levels(1) == 1
 
     def write_region(
-        self, block: np.ndarray[Any, Any], *, offset: tuple[int, int], level1: bool = False
+        self, block: np.ndarray[Any, Any], *, offset: tuple[int, int], level1: bool = False, levels: int = 0
     ) -> None:
         """Write ``block`` (``(h, w)`` integer) at ``(row, col) = offset`` of level 0.
 
         Regions should start on chunk boundaries and cover whole chunks (except at the image
         edge) when several writers work at once.
 
-        With ``level1=True`` the block's 2x2 mode also goes to pyramid level 1 (created by
-        :meth:`create_level1`); the region must then start on a multiple of twice the chunks
-        and span twice the chunks or reach the image edge, so it covers whole level-1 chunks.
+        With ``levels=k`` (``level1=True`` is ``levels=1``) the block's successive 2x2 modes also
+        go to pyramid levels ``1..k`` (created by :meth:`create_levels`); the region must then
+        start on a multiple of ``2**k`` times the chunks and span that or reach the image edge,
+        so it covers whole chunks of every level it writes.
         """
         arr = np.asarray(block)
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
@@ -315,28 +326,32 @@ class LabelsWriter:
             raise ParameterError(
                 f"label block {arr.shape} at offset {(r, c)} exceeds the label image shape {self.shape}"
             )
-        arr = arr.astype(LABEL_DTYPE, copy=False)
-        self.array()[r : r + arr.shape[0], c : c + arr.shape[1]] = arr
-        if not level1:
-            return
+        k = max(int(levels), 1 if level1 else 0)
         cy, cx = self.chunks
         h, w = arr.shape
-        if (
-            r % (2 * cy) or c % (2 * cx)
-            or (h != 2 * cy and r + h != self.shape[0]) or (w != 2 * cx and c + w != self.shape[1])
+        f = 2**k
+        if k and (
+            r % (f * cy) or c % (f * cx)
+            or (h != f * cy and r + h != self.shape[0]) or (w != f * cx and c + w != self.shape[1])
         ):
             raise ParameterError(
-                f"label block {arr.shape} at offset {(r, c)} must start on and span twice the "
-                f"chunks {self.chunks} (or reach the image edge) to write pyramid level 1"
+                f"label block {arr.shape} at offset {(r, c)} must start on and span {f} times the "
+                f"chunks {self.chunks} (or reach the image edge) to write pyramid levels 1..{k}"
             )
-        self._level("1")[r // 2 : r // 2 + (h + 1) // 2, c // 2 : c // 2 + (w + 1) // 2] = downsample_labels_block(arr)
+        arr = arr.astype(LABEL_DTYPE, copy=False)
+        write_region(self.array(), arr, (r, c))
+        for i in range(1, k + 1):
+            arr = downsample_labels_block(arr)
+            write_region(self._level(str(i)), arr, (r // 2**i, c // 2**i))
 
     def store(self, labels: np.ndarray[Any, Any] | da.Array) -> None:
         """Stream a whole ``(Y, X)`` label array into level 0, chunk by chunk."""
         lazy = _as_label_array(labels, shape=self.shape, url=self.url)
         store_array(lazy, self.array())
 
-    def finalize(self, *, metadata: Mapping[str, Any] | None = None, level1_written: bool = False) -> str:
+    def finalize(
+        self, *, metadata: Mapping[str, Any] | None = None, level1_written: bool = False, levels_written: int = 0
+    ) -> str:
         """Build the pyramid, write the NGFF metadata, list the image, and mark it complete.
 
         Parameters
@@ -346,6 +361,9 @@ class LabelsWriter:
         level1_written : bool
             Level 1 was written whole by ``write_region(..., level1=True)``: build the pyramid
             from it instead of from level 0.
+        levels_written : int
+            Levels ``1..k`` were written whole by ``write_region(..., levels=k)``: build the
+            coarser levels from level ``k``.
 
         Returns
         -------
@@ -353,7 +371,8 @@ class LabelsWriter:
             The label group URL.
         """
         group = self._group()
-        start = "1" if level1_written and self.level1_shape() is not None else "0"
+        written = max(int(levels_written), 1 if level1_written else 0)
+        start = str(min(written, len(level_shapes(self.shape, self.chunks)) - 1))
         base = group[start]
         assert isinstance(base, zarr.Array)
         n_levels = write_pyramid(

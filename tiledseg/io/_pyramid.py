@@ -98,6 +98,11 @@ def downsample_labels_block(block: NDArray[np.integer[Any]]) -> NDArray[np.integ
     -------
     (..., ceil(Y/2), ceil(X/2)) ndarray of the same dtype
     """
+    kernel = _mode_kernel() if block.ndim == 2 and block.dtype.kind in "iu" and block.size else None
+    if kernel is not None:
+        out = np.empty(((block.shape[0] + 1) // 2, (block.shape[1] + 1) // 2), dtype=block.dtype)
+        kernel(block, out)
+        return out
     rows, cols = block.shape[-2:]
     pr, pc = rows % 2, cols % 2
     if pr or pc:
@@ -113,6 +118,43 @@ def downsample_labels_block(block: NDArray[np.integer[Any]]) -> NDArray[np.integ
     np.copyto(result, b, where=(b == c) | (b == d))
     np.copyto(result, a, where=(a == b) | (a == c) | (a == d))
     return result
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _mode_kernel() -> Any:
+    """The same 2x2 mode (edge rows/columns repeated) in one compiled pass (numba), or None."""
+    if "mode" not in _KERNELS:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+            def mode(block: Any, out: Any) -> None:
+                rows, cols = block.shape
+                for i in range(out.shape[0]):
+                    r0 = 2 * i
+                    r1 = min(r0 + 1, rows - 1)
+                    for j in range(out.shape[1]):
+                        c0 = 2 * j
+                        c1 = min(c0 + 1, cols - 1)
+                        a = block[r0, c0]
+                        b = block[r0, c1]
+                        c = block[r1, c0]
+                        d = block[r1, c1]
+                        if a == b or a == c or a == d:
+                            out[i, j] = a
+                        elif b == c or b == d:
+                            out[i, j] = b
+                        elif c == d:
+                            out[i, j] = c
+                        else:
+                            out[i, j] = a
+
+            _KERNELS["mode"] = mode
+        except Exception:  # noqa: BLE001  numba missing or failing: NumPy steps
+            _KERNELS["mode"] = None
+    return _KERNELS["mode"]
 
 
 def pyramid_level(previous: da.Array, *, chunks: tuple[int, int], labels: bool) -> da.Array:

@@ -177,17 +177,22 @@ class ScratchStore:
         header, _, _ = self._read(index)
         return dict(header["attrs"])
 
-    def read_tile_labels(self, index: int, region: tuple[slice, slice] | None = None) -> NDArray[np.uint32]:
-        """Owned-cell window of tile ``index`` (or a region of it, window-relative slices)."""
+    def read_tile_labels(
+        self, index: int, region: tuple[slice, slice] | None = None, *, copy: bool = True
+    ) -> NDArray[np.uint32]:
+        """Owned-cell window of tile ``index`` (or a region of it, window-relative slices).
+
+        With ``copy=False`` the result may be a read-only view of the run's cached window
+        (cheaper for callers that only read it).
+        """
         window = _cached_window(self.url, self.run, index) if self.run else None
         if window is None:
             header, data, offset = self._read(index)
             window = _decode_labels(header, data, offset)
             if self.run:
                 _remember(self.url, self.run, index, window)
-        if region is None:
-            return window.copy()
-        return np.array(window[region], dtype=np.uint32)
+        view = window if region is None else window[region]
+        return view if not copy else np.array(view, dtype=np.uint32)
 
     def read_tile_table(self, index: int) -> NDArray[np.float64]:
         """``(n, 8)`` cell table of tile ``index``."""

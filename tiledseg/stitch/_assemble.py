@@ -9,6 +9,7 @@ shared pixels" and needs nothing but the few overlapping tiles' small maps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +45,46 @@ def assemble_block(
         if not (br0 <= r0 <= r1 <= br1 and bc0 <= c0 <= c1 <= bc1):
             raise ValueError(f"piece region {region} lies outside the block {block}")
         target = out[r0 - br0 : r1 - br0, c0 - bc0 : c1 - bc0]
-        ids = np.asarray(relabel, dtype=np.uint32)[labels]
+        lookup = np.asarray(relabel, dtype=np.uint32)
+        local = np.asarray(labels)
+        kernel = _paint_kernel()
+        if kernel is not None and local.dtype == np.uint32 and kernel(target, local, lookup):
+            continue
+        ids = lookup[local]
         free = (target == 0) & (ids != 0)
         target[free] = ids[free]
     return out
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _paint_kernel() -> Any:
+    """``target[free] = lookup[labels][free]`` where ``free = (target == 0) & (lookup[labels] != 0)``.
+
+    One compiled pass (numba) instead of a gathered copy and two masks of the piece, after a
+    check that every label has a map entry (returns ``False``, painting nothing, otherwise);
+    ``None`` when numba is unavailable (the NumPy steps above give the same result).
+    """
+    if "paint" not in _KERNELS:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+            def paint(target: Any, labels: Any, lookup: Any) -> bool:
+                rows, cols = labels.shape
+                n = lookup.size
+                for y in range(rows):
+                    for x in range(cols):
+                        if labels[y, x] >= n:
+                            return False  # a label without a map entry: let NumPy raise
+                for y in range(rows):
+                    for x in range(cols):
+                        if target[y, x] == 0:
+                            target[y, x] = lookup[labels[y, x]]
+                return True
+
+            _KERNELS["paint"] = paint
+        except Exception:  # noqa: BLE001  numba missing or failing: NumPy steps
+            _KERNELS["paint"] = None
+    return _KERNELS["paint"]
