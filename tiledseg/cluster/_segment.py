@@ -322,9 +322,11 @@ def _task_histogram(reader: _Reader, window: Window, minmax: NDArray[np.float64]
 
 
 def _task_prepared_histogram(
-    reader: _Reader, backend: Any, tile: Tile, pixel_size_um: float, stats: ChannelStatistics
+    reader: _Reader, backend: Any, tile: Tile, pixel_size_um: float, stats: ChannelStatistics,
+    cache: bool = True,
 ) -> NDArray[np.int64]:
-    prepared = backend.prepare(reader.read(tile.window), pixel_size_um=pixel_size_um, stats=stats)
+    # Sampled chunks are rarely neighbours: caching them would only churn the tile cache.
+    prepared = backend.prepare(reader.read(tile.window, cache=cache), pixel_size_um=pixel_size_um, stats=stats)
     rows, cols = tile.core_in_window
     return prepared_histogram(np.asarray(prepared)[:, rows, cols])
 
@@ -352,15 +354,19 @@ def _task_tiles(
             break
         start = time.perf_counter()
         try:
-            prepared = [
+            windows = (
                 backend.prepare(reader.read(t.window), pixel_size_um=pixel_size_um, stats=stats)
                 for t in pending
-            ]
+            )
             if len(pending) == 1:
-                labels = [backend.segment(prepared[0], pixel_size_um=pixel_size_um, fitted=fitted)]
+                labels = [backend.segment(next(windows), pixel_size_um=pixel_size_um, fitted=fitted)]
+            elif getattr(backend, "streams_batches", False):
+                # The backend consumes the windows lazily (e.g. in a prefetch thread), so reading
+                # and preparing window k + 1 overlaps the model working on window k.
+                labels = list(backend.segment_batch(windows, pixel_size_um=pixel_size_um, fitted=fitted))
             else:
-                labels = list(backend.segment_batch(prepared, pixel_size_um=pixel_size_um, fitted=fitted))
-            del prepared
+                labels = list(backend.segment_batch(list(windows), pixel_size_um=pixel_size_um, fitted=fitted))
+            del windows
             seconds = (time.perf_counter() - start) / len(pending)
             for tile, lab in zip(pending, labels, strict=True):
                 owned = own_cells(np.asarray(lab), tile=tile, slide_shape=slide_shape)
@@ -842,7 +848,7 @@ def segment_slide(
             client,
             [
                 client.submit(
-                    _task_prepared_histogram, reader_f, backend_f, t, pixel_size, stats_f,
+                    _task_prepared_histogram, reader_f, backend_f, t, pixel_size, stats_f, not sampled,
                     pure=False, resources=resources, retries=retries,
                 )
                 for t in fit_tiles

@@ -226,6 +226,9 @@ class BaseBackend:
     name: ClassVar[str] = ""
     requires_gpu: ClassVar[bool] = False
     default_tile_size: ClassVar[int] = 1024
+    #: ``segment_batch`` accepts a lazy iterable of prepared windows (the engine then hands it a
+    #: generator that reads and prepares each window only when the backend asks for it).
+    streams_batches: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -295,6 +295,7 @@ class MesmerBackend(BaseBackend):
     name: ClassVar[str] = "mesmer"
     requires_gpu: ClassVar[bool] = True
     default_tile_size: ClassVar[int] = 2048
+    streams_batches: ClassVar[bool] = True
 
     def __init__(
         self,
