@@ -81,3 +81,18 @@ def test_edited_file_is_read_by_segment_config(tmp_path: Path) -> None:
     assert options == {"backend": "watershed"}
     backend = get_backend(options["backend"], **params)
     assert backend.max_growth_um == 3.0 and backend.nuclear == ("DNA1", "DNA2")
+
+
+@pytest.mark.parametrize(
+    ("backend", "parameter"),
+    [("watershed", "threshold"), ("threshold", "threshold"), ("probabilities", "nucleus_threshold")],
+)
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), "high"])
+def test_thresholds_outside_the_unit_interval_are_named(backend: str, parameter: str, value: object) -> None:
+    from tiledseg.errors import ParameterError
+    from tiledseg.segment._registry import _load_class
+
+    cls = _load_class(backend)
+    with pytest.raises(ParameterError, match=f"`{parameter}` must lie in \\[0, 1\\]"):
+        cls(**{parameter: value})
+    assert getattr(cls(**{parameter: "0.25"}), parameter) == 0.25  # numbers as typed on a command line

@@ -63,6 +63,22 @@ def check_nonnegative(name: str, value: Any) -> float:
     return out
 
 
+def check_unit_interval(name: str, value: Any, *, unit: str = "") -> float | None:
+    """``None``, or ``float(value)`` when it lies in ``[0, 1]``; else a :class:`ParameterError`.
+
+    ``unit`` is added to the message (e.g. ``" (prepared units)"``).
+    """
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"`{name}` must lie in [0, 1]{unit}, got {value!r}") from None
+    if not 0.0 <= out <= 1.0:
+        raise ParameterError(f"`{name}` must lie in [0, 1]{unit}, got {value!r}")
+    return out
+
+
 def _names(value: Sequence[str] | str | None, *, parameter: str) -> tuple[str, ...] | None:
     if value is None:
         return None

@@ -49,6 +49,7 @@ from tiledseg.segment._classical import (
     check_nonnegative,
     check_positive,
     check_prepared,
+    check_unit_interval,
     propagate,
 )
 from tiledseg.segment._prepare import GAUSSIAN_TRUNCATE, smooth_plane, threshold_otsu_histogram
@@ -171,11 +172,7 @@ class ProbabilitiesBackend(BaseBackend):
             else check_nonnegative("min_nucleus_diameter_um", min_nucleus_diameter_um)
         )
         self.seed_h = check_positive("seed_h", seed_h)
-        if nucleus_threshold is not None:
-            nucleus_threshold = float(nucleus_threshold)
-            if not 0.0 <= nucleus_threshold <= 1.0:
-                raise ParameterError(f"`nucleus_threshold` must lie in [0, 1], got {nucleus_threshold}")
-        self.nucleus_threshold = nucleus_threshold
+        self.nucleus_threshold = check_unit_interval("nucleus_threshold", nucleus_threshold)
         self.background_threshold = float(background_threshold)
         if not 0.0 < self.background_threshold <= 1.0:
             raise ParameterError(f"`background_threshold` must lie in (0, 1], got {background_threshold!r}")

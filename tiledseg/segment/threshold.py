@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tiledseg.errors import ParameterError
+from tiledseg.segment._classical import check_unit_interval
 from tiledseg.segment._prepare import (
     prepare_groups,
     resolve_channel_roles,
@@ -65,8 +66,7 @@ class ThresholdBackend(BaseBackend):
         min_area_um2: float = 0.0,
         max_cell_diameter_um: float = 20.0,
     ) -> None:
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ParameterError(f"`threshold` must lie in [0, 1], got {threshold}")
+        threshold = check_unit_interval("threshold", threshold)
         if smooth_um < 0 or min_area_um2 < 0 or not max_cell_diameter_um > 0:
             raise ParameterError(
                 "`smooth_um` and `min_area_um2` must be >= 0 and `max_cell_diameter_um` > 0, got "

@@ -70,6 +70,7 @@ from tiledseg.segment._classical import (
     check_nonnegative,
     check_positive,
     check_prepared,
+    check_unit_interval,
     grow_nearest,
     propagate,
 )
@@ -185,11 +186,7 @@ class WatershedBackend(ClassicalBackend):
             else check_nonnegative("min_nucleus_diameter_um", min_nucleus_diameter_um)
         )
         self.seed_h = check_positive("seed_h", seed_h)
-        if threshold is not None:
-            threshold = float(threshold)
-            if not 0.0 <= threshold <= 1.0:
-                raise ParameterError(f"`threshold` must lie in [0, 1] (prepared units), got {threshold}")
-        self.threshold = threshold
+        self.threshold = check_unit_interval("threshold", threshold, unit=" (prepared units)")
         self.threshold_factor = check_positive("threshold_factor", threshold_factor)
         self.max_growth_um = check_nonnegative("max_growth_um", max_growth_um)
         self.distance_weight = check_nonnegative("distance_weight", distance_weight)
