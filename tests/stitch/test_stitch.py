@@ -271,3 +271,9 @@ def test_compiled_painting_equals_numpy(seed: int) -> None:
         mp.setitem(_assemble._KERNELS, "paint", None)
         reference = assemble_block(block, pieces)
     assert np.array_equal(compiled, reference)
+
+
+def test_a_label_without_a_map_entry_raises() -> None:
+    labels = np.array([[1, 2], [3, 9]], dtype=np.uint32)  # 9 has no entry in a 4-entry map
+    with pytest.raises(IndexError):
+        assemble_block(((0, 2), (0, 2)), [(0, labels, ((0, 2), (0, 2)), np.arange(4, dtype=np.uint32))])

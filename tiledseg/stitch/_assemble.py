@@ -62,9 +62,9 @@ _KERNELS: dict[str, Any] = {}
 def _paint_kernel() -> Any:
     """``target[free] = lookup[labels][free]`` where ``free = (target == 0) & (lookup[labels] != 0)``.
 
-    One compiled pass (numba) instead of a gathered copy and two masks of the piece, after a
-    check that every label has a map entry (returns ``False``, painting nothing, otherwise);
-    ``None`` when numba is unavailable (the NumPy steps above give the same result).
+    One compiled pass (numba) instead of a gathered copy and two masks of the piece; returns
+    ``False`` at the first label without a map entry (the caller's NumPy steps then raise the
+    ``IndexError``); ``None`` when numba is unavailable (the NumPy steps give the same result).
     """
     if "paint" not in _KERNELS:
         try:
@@ -76,12 +76,13 @@ def _paint_kernel() -> Any:
                 n = lookup.size
                 for y in range(rows):
                     for x in range(cols):
-                        if labels[y, x] >= n:
-                            return False  # a label without a map entry: let NumPy raise
-                for y in range(rows):
-                    for x in range(cols):
+                        local = labels[y, x]
+                        if local >= n:
+                            # A label without a map entry: stop; the NumPy steps then raise on
+                            # the same piece (pixels painted so far are never returned).
+                            return False
                         if target[y, x] == 0:
-                            target[y, x] = lookup[labels[y, x]]
+                            target[y, x] = lookup[local]
                 return True
 
             _KERNELS["paint"] = paint
