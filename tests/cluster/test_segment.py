@@ -304,7 +304,7 @@ def test_level1_regions_must_cover_whole_level1_chunks(slide_url: str) -> None:
     from tiledseg.io import begin_labels
 
     writer = begin_labels(slide_url, "cells", chunks=(64, 64))
-    assert writer.create_level1()
+    assert writer.create_levels(1) == 1
     with pytest.raises(ParameterError, match="2 times the chunks"):
-        writer.write_region(np.ones((64, 64), np.uint32), offset=(64, 0), level1=True)
+        writer.write_region(np.ones((64, 64), np.uint32), offset=(64, 0), levels=1)
 

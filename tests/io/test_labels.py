@@ -240,9 +240,9 @@ def test_label_levels_use_the_unshuffled_codec_and_images_the_shuffled_one(
 ) -> None:
     write_labels(slide_url, "cells", label_image)
     writer = begin_labels(slide_url, "engine", chunks=(32, 32))
-    assert writer.create_level1()
-    writer.write_region(label_image[:64, :64].astype(np.uint32), offset=(0, 0), level1=True)
-    writer.finalize(level1_written=True)
+    assert writer.create_levels(1) == 1
+    writer.write_region(label_image[:64, :64].astype(np.uint32), offset=(0, 0), levels=1)
+    writer.finalize(levels_written=1)
     for name in ("cells", "engine"):
         for path in ("0", "1", "2"):
             arr = zarr.open_array(f"{slide_url}/labels/{name}/{path}", mode="r")

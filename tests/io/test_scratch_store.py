@@ -20,6 +20,8 @@ def test_tile_windows_round_trip_with_the_label_codec(tmp_path: Path) -> None:
     assert np.array_equal(store.read_tile_labels(3, (slice(5, 9), slice(60, 90))), labels[5:9, 60:90])
     assert np.array_equal(store.read_tile_table(3), table)
     assert store.tile_attrs(3) == {"cells": 2}
+    window, cells = store.read_tile(3)
+    assert np.array_equal(window, labels) and np.array_equal(cells, table)
     assert sorted(p.name for p in (tmp_path / "scratch.zarr" / "tiles").iterdir()) == ["3.tile"]
     # the same fingerprint resumes, another discards
     assert store.begin(fingerprint="run-1") is True and store.done_tiles() == {3}

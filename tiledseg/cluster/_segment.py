@@ -404,10 +404,10 @@ def _task_overlaps(
     scratch: ScratchStore, tile: Tile, others: Sequence[Tile]
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_], dict[tuple[int, int], NDArray[np.int64]]]:
     """A tile's cell areas and truncation flags, and its overlaps with higher-index neighbours."""
-    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), scratch.read_tile_table(tile.index))
+    mine, cells = scratch.read_tile(tile.index)
+    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), cells)
     out: dict[tuple[int, int], NDArray[np.int64]] = {}
     if table.n:
-        mine = scratch.read_tile_labels(tile.index, copy=False)
         for other in others:
             box = _intersect(tile.window, other.window)
             if box is None:
@@ -530,6 +530,34 @@ def _accepts_n_workers(client: Client) -> bool:
         return False
 
 
+def _requested(statistics_sample: str | float) -> str | float:
+    """``statistics_sample`` normalised: ``"auto"``, ``"full"`` or a fraction in ``(0, 1]``.
+
+    Raises
+    ------
+    ParameterError
+        Anything else.
+    """
+    message = f"`statistics_sample` must be 'auto', 'full' or a fraction in (0, 1], got {statistics_sample!r}"
+    if isinstance(statistics_sample, str):
+        text = statistics_sample.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("full", "all", "exact"):
+            return "full"
+        try:
+            value = float(text)
+        except ValueError:
+            raise ParameterError(message) from None
+    elif isinstance(statistics_sample, bool):
+        raise ParameterError(message)
+    else:
+        value = float(statistics_sample)
+    if not (np.isfinite(value) and 0.0 < value <= 1.0):
+        raise ParameterError(message)
+    return value
+
+
 def resolve_statistics(statistics_sample: str | float, shape: tuple[int, int]) -> float:
     """The fraction of a slide that slide-level statistics read (see :func:`segment_slide`).
 
@@ -538,32 +566,10 @@ def resolve_statistics(statistics_sample: str | float, shape: tuple[int, int]) -
     ParameterError
         Not ``"auto"``, ``"full"`` or a number in ``(0, 1]``.
     """
-    if isinstance(statistics_sample, str):
-        text = statistics_sample.strip().lower()
-        if text == "auto":
-            return statistics_fraction(shape)
-        if text in ("full", "all", "exact"):
-            return 1.0
-        try:
-            statistics_sample = float(text)
-        except ValueError:
-            raise ParameterError(
-                f"`statistics_sample` must be 'auto', 'full' or a fraction in (0, 1], got {statistics_sample!r}"
-            ) from None
-    value = float(statistics_sample)
-    if isinstance(statistics_sample, bool) or not (np.isfinite(value) and 0.0 < value <= 1.0):
-        raise ParameterError(f"`statistics_sample` must be 'auto', 'full' or a fraction in (0, 1], got {statistics_sample!r}")
-    return value
-
-
-def _requested(statistics_sample: str | float) -> str | float:
-    """How the statistics sample was asked for, normalised for the metadata ("auto", "full", 0.25)."""
-    if isinstance(statistics_sample, str):
-        text = statistics_sample.strip().lower()
-        if text in ("auto", "full", "all", "exact"):
-            return "full" if text != "auto" else "auto"
-        return float(text)
-    return float(statistics_sample)
+    requested = _requested(statistics_sample)
+    if requested == "auto":
+        return statistics_fraction(shape)
+    return 1.0 if requested == "full" else float(requested)
 
 
 def _block_tile(

@@ -13,10 +13,10 @@ Two ways to write:
   final image itself: ``writer.write_region(block, offset=(r, c))`` from any worker (regions
   aligned to ``writer.chunks`` so no two writers share a chunk) or ``writer.store(dask_array)``,
   then ``writer.finalize(metadata=...)``, which builds the pyramid and marks the group complete
-  last. An engine that writes regions of ``2 x writer.chunks`` can have the first pyramid level
-  written with them (``writer.create_level1()``, ``write_region(..., level1=True)``,
-  ``finalize(..., level1_written=True)``): the 2x2 mode of a freshly painted region costs far
-  less than reading level 0 back for the pyramid.
+  last. An engine that writes regions of ``2**k x writer.chunks`` can have the first ``k``
+  pyramid levels written with them (``writer.create_levels(k)``, ``write_region(..., levels=k)``,
+  ``finalize(..., levels_written=k)``): the 2x2 modes of a freshly painted region cost far less
+  than reading level 0 back for the pyramid.
 
 Each process keeps the zarr arrays a writer opened (keyed by the writer's token, never pickled),
 so the many ``write_region`` calls of one run do not re-open the group and array each time.
@@ -272,11 +272,6 @@ class LabelsWriter:
         """The level-0 zarr array (``(Y, X)`` uint32), opened for writing (cached per process)."""
         return self._level("0")
 
-    def level1_shape(self) -> tuple[int, int] | None:
-        """Shape of pyramid level 1, or ``None`` when level 0 fits one chunk (no pyramid)."""
-        shapes = level_shapes(self.shape, self.chunks)
-        return shapes[1] if len(shapes) > 1 else None
-
     def create_levels(self, levels: int) -> int:
         """Create empty pyramid levels ``"1"`` .. ``"k"`` for :meth:`write_region` with ``levels=k``.
 
@@ -299,19 +294,15 @@ class LabelsWriter:
                 _OPENED.pop((self.token, str(i)), None)
         return k
 
-    def create_level1(self) -> bool:
-        """Create the empty pyramid level ``"1"`` (``create_levels(1) == 1``)."""
-        return self.create_levels(1) == 1
-
     def write_region(
-        self, block: np.ndarray[Any, Any], *, offset: tuple[int, int], level1: bool = False, levels: int = 0
+        self, block: np.ndarray[Any, Any], *, offset: tuple[int, int], levels: int = 0
     ) -> None:
         """Write ``block`` (``(h, w)`` integer) at ``(row, col) = offset`` of level 0.
 
         Regions should start on chunk boundaries and cover whole chunks (except at the image
         edge) when several writers work at once.
 
-        With ``levels=k`` (``level1=True`` is ``levels=1``) the block's successive 2x2 modes also
+        With ``levels=k`` the block's successive 2x2 modes also
         go to pyramid levels ``1..k`` (created by :meth:`create_levels`); the region must then
         start on a multiple of ``2**k`` times the chunks and span that or reach the image edge,
         so it covers whole chunks of every level it writes.
@@ -326,7 +317,7 @@ class LabelsWriter:
             raise ParameterError(
                 f"label block {arr.shape} at offset {(r, c)} exceeds the label image shape {self.shape}"
             )
-        k = max(int(levels), 1 if level1 else 0)
+        k = int(levels)
         cy, cx = self.chunks
         h, w = arr.shape
         f = 2**k
@@ -350,7 +341,7 @@ class LabelsWriter:
         store_array(lazy, self.array())
 
     def finalize(
-        self, *, metadata: Mapping[str, Any] | None = None, level1_written: bool = False, levels_written: int = 0
+        self, *, metadata: Mapping[str, Any] | None = None, levels_written: int = 0
     ) -> str:
         """Build the pyramid, write the NGFF metadata, list the image, and mark it complete.
 
@@ -358,9 +349,6 @@ class LabelsWriter:
         ----------
         metadata : mapping, optional
             Merged into ``attrs["tiledseg"]`` (JSON-serialisable).
-        level1_written : bool
-            Level 1 was written whole by ``write_region(..., level1=True)``: build the pyramid
-            from it instead of from level 0.
         levels_written : int
             Levels ``1..k`` were written whole by ``write_region(..., levels=k)``: build the
             coarser levels from level ``k``.
@@ -371,8 +359,7 @@ class LabelsWriter:
             The label group URL.
         """
         group = self._group()
-        written = max(int(levels_written), 1 if level1_written else 0)
-        start = str(min(written, len(level_shapes(self.shape, self.chunks)) - 1))
+        start = str(min(int(levels_written), len(level_shapes(self.shape, self.chunks)) - 1))
         base = group[start]
         assert isinstance(base, zarr.Array)
         n_levels = write_pyramid(

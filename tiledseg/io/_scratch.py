@@ -113,10 +113,7 @@ class ScratchStore:
         if previous:
             logger.info("discarding scratch tiles of a different run in %s", self.url)
         self.remove_tiles()
-        root = _open(self.url, "a", self.storage_options)
-        if "tiles" in root:  # a zarr tiles group of an older build
-            del root["tiles"]
-        root.update_attributes({"fingerprint": fingerprint})
+        _open(self.url, "a", self.storage_options).update_attributes({"fingerprint": fingerprint})
         return False
 
     def update(self, attrs: dict[str, Any]) -> None:
@@ -177,6 +174,16 @@ class ScratchStore:
         header, _, _ = self._read(index)
         return dict(header["attrs"])
 
+    def _window(self, index: int, read: tuple[dict[str, Any], bytes, int] | None = None) -> NDArray[np.uint32]:
+        """The decoded window of tile ``index`` (from the run's cache, ``read``, or the store)."""
+        window = _cached_window(self.url, self.run, index) if self.run else None
+        if window is None:
+            header, data, offset = read if read is not None else self._read(index)
+            window = _decode_labels(header, data, offset)
+            if self.run:
+                _remember(self.url, self.run, index, window)
+        return window
+
     def read_tile_labels(
         self, index: int, region: tuple[slice, slice] | None = None, *, copy: bool = True
     ) -> NDArray[np.uint32]:
@@ -185,21 +192,18 @@ class ScratchStore:
         With ``copy=False`` the result may be a read-only view of the run's cached window
         (cheaper for callers that only read it).
         """
-        window = _cached_window(self.url, self.run, index) if self.run else None
-        if window is None:
-            header, data, offset = self._read(index)
-            window = _decode_labels(header, data, offset)
-            if self.run:
-                _remember(self.url, self.run, index, window)
+        window = self._window(index)
         view = window if region is None else window[region]
         return view if not copy else np.array(view, dtype=np.uint32)
 
     def read_tile_table(self, index: int) -> NDArray[np.float64]:
         """``(n, 8)`` cell table of tile ``index``."""
-        header, data, offset = self._read(index)
-        start = offset + int(header["labels_bytes"])
-        n = int(header["n"])
-        return np.frombuffer(data, dtype="<f8", count=n * 8, offset=start).reshape(n, 8).astype(np.float64)
+        return _decode_table(*self._read(index))
+
+    def read_tile(self, index: int) -> tuple[NDArray[np.uint32], NDArray[np.float64]]:
+        """Window (a read-only view when cached for the run) and table of tile ``index``, one read."""
+        read = self._read(index)
+        return self._window(index, read), _decode_table(*read)
 
     def remove_tiles(self) -> None:
         """Delete the stored tiles (after a successful run)."""
@@ -248,6 +252,12 @@ def _decode_header(data: bytes, path: str) -> tuple[dict[str, Any], int]:
     size = int.from_bytes(data[start : start + 8], "little")
     header: dict[str, Any] = json.loads(data[start + 8 : start + 8 + size])
     return header, start + 8 + size
+
+
+def _decode_table(header: dict[str, Any], data: bytes, offset: int) -> NDArray[np.float64]:
+    start = offset + int(header["labels_bytes"])
+    n = int(header["n"])
+    return np.frombuffer(data, dtype="<f8", count=n * 8, offset=start).reshape(n, 8).astype(np.float64)
 
 
 def _decode_labels(header: dict[str, Any], data: bytes, offset: int) -> NDArray[np.uint32]:
