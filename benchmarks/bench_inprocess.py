@@ -4,8 +4,9 @@ Usage::
 
     .venv/bin/python benchmarks/bench_inprocess.py SLIDE.ome.zarr auto full auto
 
-Runs the default `watershed` once per statistics mode given (``auto``, ``full`` or a fraction) on a
-``Client(processes=False, n_workers=1, threads_per_worker=1)``, recomputing the statistics each time,
+Runs the default `watershed` once per statistics mode given (``auto``, ``full`` or a fraction) on
+tiledseg's embedded cluster with one worker thread in this process (``open_client(processes=False,
+n_workers=1, threads_per_worker=1)``, the settings users get), recomputing the statistics each time,
 and prints one Markdown row per run: cells, wall, process CPU, Mpx/s, Mpx per CPU second, CPU per
 stage and the fitted thresholds. The first run also pays imports and loading compiled kernels.
 """
@@ -18,9 +19,8 @@ import sys
 import time
 from typing import Any
 
-from distributed import Client
-
 from tiledseg.api import segment
+from tiledseg.cluster import open_client
 from tiledseg.io import open_labels
 
 
@@ -36,7 +36,7 @@ def main() -> None:
 
     print("| statistics | Mpx | cells | wall s | CPU s | Mpx/s | Mpx per CPU s | stage CPU s | fitted |")
     print("|---|---|---|---|---|---|---|---|---|")
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+    with open_client(processes=False, n_workers=1, threads_per_worker=1) as client:
         for mode in modes:
             shutil.rmtree(f"{url}/.tiledseg", ignore_errors=True)
             stage_cpu.clear()

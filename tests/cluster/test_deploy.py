@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -22,6 +23,7 @@ from tiledseg.cluster._client import (
 )
 from tiledseg.cluster._deploy import (
     CLUSTER_KINDS,
+    PROFILE_ENV,
     ClusterSpec,
     example_config,
     format_memory,
@@ -362,6 +364,25 @@ def test_local_spec_client_and_info() -> None:
         # GPU-resource tasks run on these workers
         assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=30) == 3
     assert client.status == "closed"
+
+
+def _profiling(dask_worker: Any) -> tuple[bool, bool]:
+    return "profile" in dask_worker.periodic_callbacks, bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_embedded_cluster_runs_without_the_statistical_profiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    with open_client(n_workers=1, processes=True, memory_limit=None) as client:
+        assert set(client.run(_profiling).values()) == {(False, False)}
+    with open_client(n_workers=1, processes=False) as client:
+        assert set(client.run(_profiling).values()) == {(False, True)}  # the process's config is untouched
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    with open_client(ClusterSpec(workers=1, threads=1, memory="700MiB")) as client:
+        assert set(client.run(_profiling).values()) == {(False, False)}
+    # asked for in the environment: Dask's own setting stays
+    monkeypatch.setenv(PROFILE_ENV, "True")
+    with open_client(n_workers=1, processes=False) as client:
+        assert set(client.run(_profiling).values()) == {(True, True)}
 
 
 def test_open_client_rejects_both_client_and_cluster() -> None:

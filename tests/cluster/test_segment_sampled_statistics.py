@@ -16,6 +16,7 @@ from tiledseg.cluster import resolve_statistics, segment_slide
 from tiledseg.errors import ParameterError
 from tiledseg.io import open_labels, open_slide, write_slide
 from tiledseg.segment._prepare import statistics_from_array
+from tiledseg.segment._protocol import ChannelStatistics
 from tiledseg.segment._statistics import prepared_edges, prepared_histogram
 from tiledseg.segment.threshold import ThresholdBackend
 from tiledseg.tiling import sample_blocks
@@ -62,7 +63,7 @@ def test_sampled_statistics_are_exactly_those_of_the_sampled_chunks(client: Clie
     ref = statistics_from_array(pixels, ["DNA1"])
     stored = meta["statistics"]
     assert np.array_equal(np.asarray(stored["counts"]), ref.counts)
-    assert np.array_equal(np.asarray(stored["edges"]), ref.edges)
+    assert np.array_equal(ChannelStatistics.from_dict(stored).edges, ref.edges)
     assert stored["minimum"] == ref.minimum.tolist() and stored["maximum"] == ref.maximum.tolist()
     assert stored["n_pixels"] == 16 * 32 * 32
     assert stored["extra"]["sample"] == {"fraction": 0.25, "requested": 0.25, "blocks": 16, "pixels": 16 * 32 * 32}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +15,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from tiledseg.errors import ChannelNotFoundError, PanelError, ParameterError, SlideFormatError
+from tiledseg.segment._protocol import ChannelStatistics
 from tiledseg.segment._prepare import (
     ChannelRoles,
     channel_roles_from_panel,
@@ -266,6 +270,24 @@ def test_statistics_from_array_ignores_nan() -> None:
     assert stats.counts.sum() == 3 and stats.minimum[0] == 1.0 and stats.maximum[0] == 4.0
     with pytest.raises(ParameterError):
         statistics_from_array(image, ["A", "B"])
+
+
+def test_statistics_round_trip_stores_even_edges_compactly() -> None:
+    rng = np.random.default_rng(3)
+    image = np.stack([rng.gamma(2.0, 30.0, (40, 50)), np.full((40, 50), 7.0), rng.random((40, 50)) * 1e-3])
+    image[2, 0, 0] = np.nan
+    stats = statistics_from_array(image.astype(np.float32), ["A", "B", "C"])
+    data = json.loads(json.dumps(stats.to_dict()))
+    assert set(data["edges"]) == {"first", "last", "bins"}  # three numbers per channel, not 4097
+    back = ChannelStatistics.from_dict(data)
+    assert back.edges.dtype == np.float64 and np.array_equal(back.edges, stats.edges)
+    assert np.array_equal(back.counts, stats.counts) and back.names == stats.names
+    assert [back.percentile("A", q) for q in (1, 50, 99.9)] == [stats.percentile("A", q) for q in (1, 50, 99.9)]
+    # uneven edges (a caller's own statistics) and edges stored in full by earlier builds
+    uneven = dataclasses.replace(stats, edges=stats.edges ** 1.5)
+    data = json.loads(json.dumps(uneven.to_dict()))
+    assert isinstance(data["edges"], list)
+    assert np.array_equal(ChannelStatistics.from_dict(data).edges, uneven.edges)
 
 
 @settings(max_examples=30, deadline=None)

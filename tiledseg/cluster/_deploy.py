@@ -54,6 +54,7 @@ from tiledseg.errors import ClusterConfigError, MissingDependencyError
 __all__ = [
     "CLUSTER_KINDS",
     "ClusterSpec",
+    "embedded_config",
     "example_config",
     "format_memory",
     "job_script",
@@ -665,6 +666,22 @@ def _k8s_quantity(nbytes: int) -> str:
 # --------------------------------------------------------------------------- creating clusters
 
 
+#: Environment variable that, when set, leaves Dask's statistical profiler as it says.
+PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+
+def embedded_config() -> dict[str, Any]:
+    """Dask settings of the embedded cluster: no statistical profiler unless asked for.
+
+    Dask's profiler samples every worker thread's stack every 10 ms for the dashboard's
+    "Profile" page; on tile tasks it costs about 5 % of a core per worker (measured,
+    benchmarks/results/engine.md). Setting :data:`PROFILE_ENV` keeps Dask's own choice.
+    """
+    if PROFILE_ENV in os.environ:
+        return {}
+    return {"distributed.worker.profile.enabled": False}
+
+
 def make_cluster(spec: ClusterSpec) -> Any:
     """Create the cluster ``spec`` describes, scaled as asked; the caller closes it.
 
@@ -706,6 +723,8 @@ def make_cluster(spec: ClusterSpec) -> Any:
             dashboard_address=":0",
             resources=spec.worker_resources() or None,
             local_directory=spec.local_directory,
+            # The nanny hands these to every worker process, also those adaptive scaling starts.
+            config=embedded_config(),
         )
         logger.info("local cluster: %d workers x %d threads", workers, spec.threads)
     elif kind == "local-gpu":

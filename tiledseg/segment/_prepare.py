@@ -44,6 +44,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from tiledseg.errors import ChannelNotFoundError, PanelError, ParameterError
+from tiledseg.segment._gaussian import gaussian_filter
 from tiledseg.segment._protocol import ChannelStatistics
 
 __all__ = [
@@ -438,6 +439,9 @@ def smooth_plane(
     Returns
     -------
     (Y, X) ndarray of float32
+        Bit for bit ``scipy.ndimage.gaussian_filter(plane, sigma_um / pixel_size_um,
+        mode="nearest", truncate=GAUSSIAN_TRUNCATE)`` on the float32 plane, computed by the
+        compiled :func:`tiledseg.segment._gaussian.gaussian_filter` (SciPy without numba).
     """
     _check_pixel_size(pixel_size_um)
     if not sigma_um >= 0:
@@ -446,10 +450,12 @@ def smooth_plane(
     if sigma_um == 0:
         return data.copy()
     sigma_px = sigma_um / pixel_size_um
-    smoothed: NDArray[np.float32] = ndi.gaussian_filter(
-        data, sigma_px, mode="nearest", truncate=GAUSSIAN_TRUNCATE
-    ).astype(np.float32, copy=False)
-    return smoothed
+    if data.ndim != 2:
+        smoothed: NDArray[np.float32] = ndi.gaussian_filter(
+            data, sigma_px, mode="nearest", truncate=GAUSSIAN_TRUNCATE
+        ).astype(np.float32, copy=False)
+        return smoothed
+    return gaussian_filter(data, sigma_px, truncate=GAUSSIAN_TRUNCATE)
 
 
 def smoothing_context_um(sigma_um: float) -> float:

@@ -119,10 +119,15 @@ class ChannelStatistics:
         return float(np.clip(value, self.minimum[i], self.maximum[i]))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form, stored in the output metadata so a run can be reproduced."""
+        """JSON-serialisable form, stored in the output metadata so a run can be reproduced.
+
+        Evenly spaced edges (``numpy.linspace``, as every histogram of the engine has) are stored
+        as ``{"first": [...], "last": [...], "bins": B}``, which :meth:`from_dict` turns back
+        into the same float64 values; other edges are stored in full.
+        """
         return {
             "names": list(self.names),
-            "edges": self.edges.tolist(),
+            "edges": _edges_to_json(self.edges),
             "counts": self.counts.tolist(),
             "minimum": self.minimum.tolist(),
             "maximum": self.maximum.tolist(),
@@ -135,13 +140,34 @@ class ChannelStatistics:
         """Inverse of :meth:`to_dict`."""
         return cls(
             names=tuple(data["names"]),
-            edges=np.asarray(data["edges"], dtype=np.float64),
+            edges=_edges_from_json(data["edges"]),
             counts=np.asarray(data["counts"], dtype=np.int64),
             minimum=np.asarray(data["minimum"], dtype=np.float64),
             maximum=np.asarray(data["maximum"], dtype=np.float64),
             n_pixels=int(data["n_pixels"]),
             extra=dict(data.get("extra", {})),
         )
+
+
+def _edges_to_json(edges: NDArray[np.float64]) -> Any:
+    """``(C, B + 1)`` edges as JSON: three numbers per channel when they are a ``linspace``."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim == 2 and edges.shape[1] >= 2:
+        first, last = edges[:, 0], edges[:, -1]
+        even = np.linspace(first, last, edges.shape[1], axis=1)
+        if np.array_equal(even, edges):
+            return {"first": first.tolist(), "last": last.tolist(), "bins": edges.shape[1] - 1}
+    return edges.tolist()
+
+
+def _edges_from_json(value: Any) -> NDArray[np.float64]:
+    """Inverse of :func:`_edges_to_json` (also reads edges stored in full)."""
+    if isinstance(value, Mapping):
+        first = np.asarray(value["first"], dtype=np.float64)
+        last = np.asarray(value["last"], dtype=np.float64)
+        even: NDArray[np.float64] = np.linspace(first, last, int(value["bins"]) + 1, axis=1)
+        return even.reshape(first.size, int(value["bins"]) + 1)
+    return np.asarray(value, dtype=np.float64)
 
 
 @runtime_checkable

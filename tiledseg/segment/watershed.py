@@ -61,10 +61,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
-from skimage.morphology import remove_small_holes
-from skimage.segmentation import watershed
 
 from tiledseg.errors import ParameterError
+from tiledseg.segment._basins import fill_small_holes, seeded_watershed
+from tiledseg.segment._gaussian import gaussian_filter
 from tiledseg.segment._classical import (
     ClassicalBackend,
     check_nonnegative,
@@ -314,8 +314,7 @@ def _tissue(
         return None
     mask = planes[1] > np.float32(0.5 * membrane_threshold)
     mask |= planes[0] > np.float32(0.5 * nuclear_threshold)
-    filled: NDArray[np.bool_] = remove_small_holes(mask, max_size=int(max_hole_px))
-    return filled
+    return fill_small_holes(mask, max_size=int(max_hole_px))
 
 
 def segment_nuclei(
@@ -408,7 +407,7 @@ def blob_response(plane: NDArray[np.float32], sigma: float, *, scale: float) -> 
     -------
     (Y, X) ndarray of float32
     """
-    g = ndi.gaussian_filter(plane, sigma, mode="nearest", truncate=GAUSSIAN_TRUNCATE, output=np.float32)
+    g = gaussian_filter(plane, float(sigma), truncate=GAUSSIAN_TRUNCATE)
     edge = np.pad(g, 1, mode="edge")
     out: NDArray[np.float32] = np.multiply(g, np.float32(4.0), dtype=np.float32)
     out -= edge[:-2, 1:-1]
@@ -445,9 +444,7 @@ def _split(
         box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         # Markers outside the mask are dropped by the watershed and it leaves 0 outside the
         # mask, where ``nuclei`` already holds the single-marker components.
-        nuclei[box] += watershed(  # type: ignore[no-untyped-call]
-            np.negative(blob[box]), markers=markers[box], mask=contested[box]
-        )
+        nuclei[box] += seeded_watershed(np.negative(blob[box]), markers[box], contested[box])
     return nuclei
 
 
