@@ -36,9 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from tiledseg.api import segment
+from tiledseg.cluster._deploy import embedded_config
 from tiledseg.datasets import write_synthetic_slide
 from tiledseg.io import open_slide, output_status
 
@@ -146,8 +148,12 @@ def _run_one(url: str, label: str, n: int, args: argparse.Namespace) -> dict[str
     """Segment ``url`` on a fresh ``n``-worker cluster; one table row."""
     # A fresh run each time: drop the statistics and tiles an earlier run stored.
     shutil.rmtree(Path(url) / ".tiledseg", ignore_errors=True)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           memory_limit=None, dashboard_address=":0")
+    # The settings of the clusters tiledseg starts (no statistical profiler, worker allocator
+    # settings), as users get them; --dask-defaults measures Dask's own.
+    settings = {} if args.dask_defaults else embedded_config()
+    with dask.config.set(settings):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               memory_limit=None, dashboard_address=":0", config=settings)
     with Client(cluster) as client:
         cpu0 = sum(client.run(_cpu_seconds).values())
         driver0 = _cpu_seconds()
@@ -191,8 +197,8 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         (f"\n### bench_segment.py ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, backend {args.backend}, tile {args.tile_size}, "
-        f"{args.channels} channels, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        "at the end)\n"),
+        f"{args.channels} channels, worker settings {'Dask defaults' if args.dask_defaults else 'tiledseg'}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end)\n"),
         ("| slide | Mpx | workers | stats sample | tiles | cells | wall s | Mpx/s | statistics s | tiles s | "
         "stitch s | assemble+write s | stitch+IDs+write share | peak RSS/worker MiB | "
         "worker CPU s | Mpx per worker CPU s | driver+scheduler CPU s |"),
@@ -230,6 +236,8 @@ def main() -> None:
                              "there as a cache for later runs")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "engine.md"))
     parser.add_argument("--keep", action="store_true", help="keep the written --sizes slides")
+    parser.add_argument("--dask-defaults", action="store_true",
+                        help="start the workers with Dask's default settings instead of tiledseg's")
     parser.add_argument("--kernels", action="store_true", help="only time the stitching kernels")
     args = parser.parse_args()
     if args.kernels:

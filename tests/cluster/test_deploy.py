@@ -24,6 +24,7 @@ from tiledseg.cluster._client import (
 from tiledseg.cluster._deploy import (
     CLUSTER_KINDS,
     PROFILE_ENV,
+    WORKER_MALLOC,
     ClusterSpec,
     example_config,
     format_memory,
@@ -33,6 +34,7 @@ from tiledseg.cluster._deploy import (
     make_cluster,
     parse_memory,
     resolve_cluster,
+    worker_environment,
 )
 from tiledseg.errors import ClusterConfigError, MissingDependencyError
 
@@ -201,6 +203,14 @@ def test_slurm_job_script_cpu() -> None:
     assert "module load python" in script
     assert "tcp://sched:8786" in script
     assert "--resources" not in script
+    # tiledseg's worker settings come before the user's prologue, which may change them
+    exports = [f"export {k}={v}" for k, v in worker_environment().items()]
+    assert all(line in script for line in exports)
+    assert max(script.index(line) for line in exports) < script.index("module load python")
+    assert worker_environment() == {
+        "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+        PROFILE_ENV: "False",
+    }
 
 
 def test_slurm_job_script_gpu_requests_gres_and_advertises_resource() -> None:
@@ -300,6 +310,8 @@ def test_kubernetes_spec_shape() -> None:
     assert sched["service"]["selector"]["dask.org/cluster-name"] == "slide-7"
     assert {p["port"] for p in sched["service"]["ports"]} == {8786, 8787}
     assert sched["spec"]["containers"][0]["args"][:2] == ["dask", "scheduler"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert {k: env[k] for k in worker_environment()} == worker_environment()
 
 
 def test_kubernetes_cpu_pods_request_no_gpu() -> None:
@@ -370,15 +382,33 @@ def _profiling(dask_worker: Any) -> tuple[bool, bool]:
     return "profile" in dask_worker.periodic_callbacks, bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
+def _malloc_env() -> tuple[str | None, str | None]:
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
 def test_embedded_cluster_runs_without_the_statistical_profiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PROFILE_ENV, raising=False)
+    for key in WORKER_MALLOC:
+        # Dask's nannies copy these into this process's environment: start clean, restore after.
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
+    expected = (str(64 * 2**20), str(256 * 2**20))
     with open_client(n_workers=1, processes=True, memory_limit=None) as client:
         assert set(client.run(_profiling).values()) == {(False, False)}
+        # worker processes keep freed arrays instead of page-faulting them in afresh
+        assert set(client.run(_malloc_env).values()) == {expected}
     with open_client(n_workers=1, processes=False) as client:
         assert set(client.run(_profiling).values()) == {(False, True)}  # the process's config is untouched
     assert dask.config.get("distributed.worker.profile.enabled") is True
+    for key in WORKER_MALLOC:
+        monkeypatch.delenv(key)
     with open_client(ClusterSpec(workers=1, threads=1, memory="700MiB")) as client:
         assert set(client.run(_profiling).values()) == {(False, False)}
+        assert set(client.run(_malloc_env).values()) == {expected}
+    # a value set in the environment wins, as in Dask
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    with open_client(n_workers=1, processes=True, memory_limit=None) as client:
+        assert set(client.run(_malloc_env).values()) == {(expected[0], "131072")}
     # asked for in the environment: Dask's own setting stays
     monkeypatch.setenv(PROFILE_ENV, "True")
     with open_client(n_workers=1, processes=False) as client:

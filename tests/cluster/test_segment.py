@@ -308,3 +308,26 @@ def test_level1_regions_must_cover_whole_level1_chunks(slide_url: str) -> None:
     with pytest.raises(ParameterError, match="2 times the chunks"):
         writer.write_region(np.ones((64, 64), np.uint32), offset=(64, 0), levels=1)
 
+
+
+@pytest.mark.parametrize(("shape", "tile", "halo"), [((300, 410), 100, 12), ((95, 260), 64, 20), ((50, 50), 64, 8)])
+def test_stored_edge_strips_cover_every_overlap_with_a_neighbour(shape: tuple[int, int], tile: int, halo: int) -> None:
+    """Stitching reads only edge strips: each overlap of two windows lies inside a strip of both."""
+    from tiledseg.cluster._segment import _crop, _edge_widths, _intersect
+    from tiledseg.io._scratch import _EDGES, _edge_box, _holds
+    from tiledseg.tiling import plan_tiles
+
+    plan = plan_tiles(shape, tile_size=tile, halo=halo)
+    for t in plan.tiles:
+        widths = _edge_widths(t, plan.shape)
+        size = t.window_shape
+        boxes = [_edge_box(part, w, size) for part, w in zip(_EDGES, widths, strict=True)]
+        assert sum(w > 0 for w in widths) == sum(  # a strip exactly on the sides with neighbours
+            [t.core[0][0] > 0, t.core[0][1] < shape[0], t.core[1][0] > 0, t.core[1][1] < shape[1]]
+        )
+        for o in plan.neighbours(t.index):
+            box = _intersect(t.window, plan[o].window)
+            assert box is not None
+            assert any(b is not None and _holds(b, *_crop(t, box)) for b in boxes), (t.index, o)
+        # strips are no wider than the overlap needs: twice the halo (or the window)
+        assert all(w <= min(2 * halo, max(size)) or w == 0 for w in widths)

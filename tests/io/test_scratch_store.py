@@ -20,8 +20,6 @@ def test_tile_windows_round_trip_with_the_label_codec(tmp_path: Path) -> None:
     assert np.array_equal(store.read_tile_labels(3, (slice(5, 9), slice(60, 90))), labels[5:9, 60:90])
     assert np.array_equal(store.read_tile_table(3), table)
     assert store.tile_attrs(3) == {"cells": 2}
-    window, cells = store.read_tile(3)
-    assert np.array_equal(window, labels) and np.array_equal(cells, table)
     assert sorted(p.name for p in (tmp_path / "scratch.zarr" / "tiles").iterdir()) == ["3.tile"]
     # the same fingerprint resumes, another discards
     assert store.begin(fingerprint="run-1") is True and store.done_tiles() == {3}
@@ -82,6 +80,54 @@ def test_windows_are_cached_per_run_and_returned_as_copies(tmp_path: Path) -> No
     assert np.array_equal(view, labels) and not view.flags.writeable  # the cached window itself
     store.write_tile(0, labels + 1, np.zeros((0, 8)))  # rewriting a tile drops its cached window
     assert np.array_equal(run.read_tile_labels(0), labels + 1)
+
+
+def test_edge_strips_are_decoded_alone_for_regions_inside_them(tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    import pytest
+
+    import tiledseg.io._scratch as scratch
+    from tiledseg.errors import ParameterError
+
+    store = ScratchStore(str(tmp_path / "scratch.zarr"))
+    store.begin(fingerprint="run-1")
+    labels = np.random.default_rng(1).integers(0, 9, size=(60, 80)).astype(np.uint32)
+    table = np.arange(24, dtype=np.float64).reshape(3, 8)
+    store.write_tile(0, labels, table, edges=(10, 12, 0, 30))  # no left strip
+    store.write_tile(1, labels, table)  # no strips (as stored by earlier builds)
+    decoded: list[tuple[int, ...]] = []
+    real = scratch._decode_labels
+
+    def spy(header, data, offset):  # type: ignore[no-untyped-def]
+        decoded.append(tuple(header["shape"]))
+        return real(header, data, offset)
+
+    monkeypatch.setattr(scratch, "_decode_labels", spy)
+    run = dataclasses.replace(store, run="r1")
+    regions = [
+        (slice(0, 10), slice(5, 80)),  # top strip
+        (slice(50, 60), slice(0, 80)),  # bottom strip
+        (slice(48, 60), slice(70, 72)),  # bottom strip, its corner
+        (slice(0, 60), slice(60, 80)),  # right strip
+        (slice(0, 60), slice(0, 3)),  # left: no strip there, the whole window
+        (slice(3, 40), slice(10, 20)),  # interior: the whole window
+    ]
+    for rows, cols in regions:
+        for tile in (0, 1):
+            got = run.read_tile_labels(tile, (rows, cols), copy=False)
+            assert np.array_equal(got, labels[rows, cols])
+            assert np.array_equal(store.read_tile_labels(tile, (rows, cols)), labels[rows, cols])
+    # whole windows were decoded only for the regions outside every strip of tile 0 (once with
+    # the run's cache, twice without) and for tile 1, which has no strips (once, six times)
+    assert decoded == [(60, 80)] * (1 + 2 + 1 + 6)
+    assert np.array_equal(store.read_tile_table(0), table) and np.array_equal(store.read_tile_table(1), table)
+    assert np.array_equal(store.read_tile_labels(0), labels)
+    # a strip wider than the window is the window
+    store.write_tile(3, labels, table, edges=(0, 0, 0, 500))
+    assert np.array_equal(store.read_tile_labels(3, (slice(2, 7), slice(0, 80))), labels[2:7])
+    with pytest.raises(ParameterError, match="edges"):
+        store.write_tile(2, labels, table, edges=(1, 2, 3))  # type: ignore[arg-type]
 
 
 def test_bad_tile_labels_are_refused(tmp_path: Path) -> None:

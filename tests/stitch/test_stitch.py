@@ -271,6 +271,12 @@ def test_compiled_painting_equals_numpy(seed: int) -> None:
         mp.setitem(_assemble._KERNELS, "paint", None)
         reference = assemble_block(block, pieces)
     assert np.array_equal(compiled, reference)
+    # painting into a reused buffer (cleared first) gives the same block
+    buffer = np.full((40, 50), 7, dtype=np.uint32)
+    assert assemble_block(block, pieces, out=buffer) is buffer
+    assert np.array_equal(buffer, reference)
+    with pytest.raises(ValueError, match="out"):
+        assemble_block(block, pieces, out=np.zeros((40, 49), np.uint32))
 
 
 def test_a_label_without_a_map_entry_raises() -> None:

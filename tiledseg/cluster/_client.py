@@ -150,10 +150,10 @@ def open_client(
         return
     workers = n_workers or len(os.sched_getaffinity(0))
     settings = embedded_config()
-    if processes and settings:
-        # Worker processes take their settings from their nanny, also those started later.
+    if processes:
+        # Worker processes take their settings from their nanny.
         cluster_kwargs = {"config": settings, **cluster_kwargs}
-    # Threads in this process read the settings when they start.
+    # Nannies and in-process workers read the settings when they start.
     with dask.config.set(settings):
         local = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=workers,

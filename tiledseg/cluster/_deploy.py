@@ -63,6 +63,7 @@ __all__ = [
     "make_cluster",
     "parse_memory",
     "resolve_cluster",
+    "worker_environment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -468,7 +469,8 @@ def _jobqueue_kwargs(spec: ClusterSpec) -> dict[str, Any]:
         "walltime": spec.walltime,
         "queue": spec.queue,
         "job_name": f"{spec.name}-worker",
-        "job_script_prologue": list(spec.prologue),
+        # tiledseg's worker settings first, so a prologue line of the user's can change them.
+        "job_script_prologue": [f"export {k}={v}" for k, v in worker_environment().items()] + list(spec.prologue),
         "job_extra_directives": list(spec.job_directives),
         "worker_extra_args": [],
     }
@@ -600,11 +602,12 @@ def kubernetes_cluster_spec(spec: ClusterSpec) -> dict[str, Any]:
     if resources:
         worker_args += ["--resources", " ".join(f"{k}={_num(v)}" for k, v in sorted(resources.items()))]
     env = [{"name": "DASK_DISTRIBUTED__WORKER__DAEMON", "value": "False"}]
+    worker_env = env + [{"name": k, "value": v} for k, v in worker_environment().items()]
     worker_container: dict[str, Any] = {
         "name": "worker",
         "image": image,
         "args": worker_args,
-        "env": env,
+        "env": worker_env,
         "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
     }
     if limits:
@@ -669,17 +672,49 @@ def _k8s_quantity(nbytes: int) -> str:
 #: Environment variable that, when set, leaves Dask's statistical profiler as it says.
 PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
+#: glibc allocator settings for worker processes (bytes): arrays below the mmap threshold come
+#: from the heap and freed memory is returned to the system only above the trim threshold.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 64 * 2**20, "MALLOC_TRIM_THRESHOLD_": 256 * 2**20}
+
 
 def embedded_config() -> dict[str, Any]:
-    """Dask settings of the embedded cluster: no statistical profiler unless asked for.
+    """Dask settings of the clusters tiledseg starts on this machine (``local`` kinds).
 
-    Dask's profiler samples every worker thread's stack every 10 ms for the dashboard's
-    "Profile" page; on tile tasks it costs about 5 % of a core per worker (measured,
-    benchmarks/results/engine.md). Setting :data:`PROFILE_ENV` keeps Dask's own choice.
+    * No statistical profiler: Dask samples every worker thread's stack every 10 ms for the
+      dashboard's "Profile" page, about 5 % of a core per worker on tile tasks. Setting
+      :data:`PROFILE_ENV` keeps Dask's own choice.
+    * :data:`WORKER_MALLOC` for worker processes instead of Dask's ``MALLOC_TRIM_THRESHOLD_=65536``.
+      Dask's setting hands every freed array back to the system, so each of the tile stage's
+      megabyte-sized temporaries is page-faulted in afresh: with it a worker process spent
+      about 40 % of its time in the kernel (9.6 s system against 15.5 s user on a 67-Mpx
+      slide; 1.1-2.0 s with these settings, for about 10 % more peak memory; figures in
+      benchmarks/results/engine.md). Variables set in the environment win, as in Dask.
+
+    Returns
+    -------
+    dict
+        Dotted Dask configuration keys, for ``dask.config.set`` around the cluster's creation
+        (the nannies read the allocator settings when they start) and for the nannies'
+        ``config=`` (workers started later).
     """
-    if PROFILE_ENV in os.environ:
-        return {}
-    return {"distributed.worker.profile.enabled": False}
+    settings: dict[str, Any] = {
+        f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_MALLOC.items()
+    }
+    if PROFILE_ENV not in os.environ:
+        settings["distributed.worker.profile.enabled"] = False
+    return settings
+
+
+def worker_environment() -> dict[str, str]:
+    """The settings of :func:`embedded_config` as environment variables for workers started elsewhere.
+
+    Added to batch job scripts (before the spec's own ``prologue`` lines) and Kubernetes worker
+    pods: the nanny there hands the allocator settings to its worker process, and Dask reads
+    the profiler switch from the environment.
+    """
+    env = {key: str(value) for key, value in WORKER_MALLOC.items()}
+    env[PROFILE_ENV] = "False"
+    return env
 
 
 def make_cluster(spec: ClusterSpec) -> Any:
@@ -711,21 +746,24 @@ def make_cluster(spec: ClusterSpec) -> Any:
             f"kind 'address' connects to the running scheduler {spec.address!r}; there is no cluster to create"
         )
     if kind == "local":
+        import dask
         from distributed import LocalCluster
 
         workers = spec.workers or _usable_cores()
         memory: str | int = spec.memory_bytes if spec.memory_bytes is not None else "auto"
-        cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=0 if spec.adaptive else workers,
-            threads_per_worker=spec.threads,
-            memory_limit=memory,
-            processes=True,
-            dashboard_address=":0",
-            resources=spec.worker_resources() or None,
-            local_directory=spec.local_directory,
-            # The nanny hands these to every worker process, also those adaptive scaling starts.
-            config=embedded_config(),
-        )
+        settings = embedded_config()
+        with dask.config.set(settings):
+            cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=0 if spec.adaptive else workers,
+                threads_per_worker=spec.threads,
+                memory_limit=memory,
+                processes=True,
+                dashboard_address=":0",
+                resources=spec.worker_resources() or None,
+                local_directory=spec.local_directory,
+                # Each nanny hands these to its worker process.
+                config=settings,
+            )
         logger.info("local cluster: %d workers x %d threads", workers, spec.threads)
     elif kind == "local-gpu":
         try:

@@ -371,7 +371,9 @@ def _task_tiles(
             for tile, lab in zip(pending, labels, strict=True):
                 owned = own_cells(np.asarray(lab), tile=tile, slide_shape=slide_shape)
                 info = {"cells": owned.n, "truncated": int(owned.truncated.sum()), "seconds": round(seconds, 4)}
-                scratch.write_tile(tile.index, owned.labels, owned.table(), attrs=info)
+                scratch.write_tile(
+                    tile.index, owned.labels, owned.table(), attrs=info, edges=_edge_widths(tile, slide_shape)
+                )
                 out.append({"tile": tile.index, **info})
             pending = []
         except Exception as exc:  # noqa: BLE001  reported per tile on the client, with its window
@@ -386,6 +388,26 @@ def _task_tiles(
             text = traceback.format_exc()
             out.extend({"tile": t.index, "error": exc, "traceback": text} for t in pending)
     return out
+
+
+def _edge_widths(tile: Tile, slide_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Widths (top, bottom, left, right) of the bands of ``tile``'s window that neighbours' windows overlap.
+
+    A neighbour's window reaches ``halo`` pixels past its core, which meets this tile's core, so
+    on a side with a neighbour the band is this window's margin there plus ``halo``. Stored as
+    separate strips in the scratch tile, they let stitching (and output blocks that only touch
+    the tile's margin) decode a strip instead of the whole window.
+    """
+    (wr0, wr1), (wc0, wc1) = tile.window
+    (cr0, cr1), (cc0, cc1) = tile.core
+    halo = max(cr0 - wr0, wr1 - cr1, cc0 - wc0, wc1 - cc1)
+    ny, nx = slide_shape
+    return (
+        cr0 - wr0 + halo if cr0 > 0 else 0,
+        wr1 - cr1 + halo if cr1 < ny else 0,
+        cc0 - wc0 + halo if cc0 > 0 else 0,
+        wc1 - cc1 + halo if cc1 < nx else 0,
+    )
 
 
 def _crop(tile: Tile, box: Window) -> tuple[slice, slice]:
@@ -403,17 +425,20 @@ def _intersect(a: Window, b: Window) -> Window | None:
 def _task_overlaps(
     scratch: ScratchStore, tile: Tile, others: Sequence[Tile]
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_], dict[tuple[int, int], NDArray[np.int64]]]:
-    """A tile's cell areas and truncation flags, and its overlaps with higher-index neighbours."""
-    mine, cells = scratch.read_tile(tile.index)
-    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), cells)
+    """A tile's cell areas and truncation flags, and its overlaps with higher-index neighbours.
+
+    Only the overlapping bands are read (the tiles' stored edge strips), never whole windows.
+    """
+    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), scratch.read_tile_table(tile.index))
     out: dict[tuple[int, int], NDArray[np.int64]] = {}
     if table.n:
         for other in others:
             box = _intersect(tile.window, other.window)
             if box is None:
                 continue
+            mine = scratch.read_tile_labels(tile.index, _crop(tile, box), copy=False)
             theirs = scratch.read_tile_labels(other.index, _crop(other, box), copy=False)
-            pairs = pair_overlaps(mine[_crop(tile, box)], box, theirs, box)
+            pairs = pair_overlaps(mine, box, theirs, box)
             if pairs.size:
                 out[(tile.index, other.index)] = pairs
     return table.area, table.truncated, out
@@ -453,16 +478,28 @@ def _task_assemble(
     block: Window,
     pieces: Sequence[tuple[Tile, NDArray[np.uint32]]],
     levels: int = 0,
-) -> int:
+) -> None:
     loaded = []
     for tile, relabel in pieces:
         box = _intersect(tile.window, block)
         if box is None:
             continue
         loaded.append((tile.index, scratch.read_tile_labels(tile.index, _crop(tile, box), copy=False), box, relabel))
-    out = assemble_block(block, loaded)
-    writer.write_region(out, offset=(block[0][0], block[1][0]), levels=levels)
-    return int(np.count_nonzero(out))
+    (r0, r1), (c0, c1) = block
+    out = assemble_block(block, loaded, out=_region_buffer((r1 - r0, c1 - c0)))
+    writer.write_region(out, offset=(r0, c0), levels=levels)
+
+
+_BUFFERS = threading.local()
+
+
+def _region_buffer(shape: tuple[int, int]) -> NDArray[np.uint32]:
+    """A uint32 array of ``shape`` reused by this thread's output blocks (one kept per thread)."""
+    buffer: NDArray[np.uint32] | None = getattr(_BUFFERS, "region", None)
+    if buffer is None or buffer.size < shape[0] * shape[1]:
+        buffer = np.empty(shape[0] * shape[1], dtype=np.uint32)
+        _BUFFERS.region = buffer
+    return buffer[: shape[0] * shape[1]].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------

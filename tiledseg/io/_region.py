@@ -281,7 +281,8 @@ def write_region(store: zarr.Array[Any], block: NDArray[Any], offset: tuple[int,
         for bj in range(c // cx, -(-(c + w) // cx)):
             part = data[bi * cy - r : (bi + 1) * cy - r, bj * cx - c : (bj + 1) * cx - c]
             path = root / meta.encode_chunk_key((bi, bj))
-            if not (part.any() if fill == 0 else np.any(part != fill)):
+            # count_nonzero reads the uint32 view directly; any() would cast it to bool first.
+            if not (np.count_nonzero(part) if fill == 0 else np.any(part != fill)):
                 path.unlink(missing_ok=True)
                 continue
             if part.shape == chunk.shape:

@@ -7,9 +7,11 @@ inside the slide's group::
 
     <slide>/.tiledseg/<labels name>/          attrs: run fingerprint, statistics, fitted
         tiles/<index>.tile                    one file per finished tile: a JSON header (window
-                                              shape, cell count, attrs), the (Y_w, X_w) uint32
-                                              owned-cell window (local IDs 1..n, Blosc-LZ4) and
-                                              the (n, 8) float64 table (stitch.OwnedCells.table)
+                                              shape, cell count, edge widths, attrs), the
+                                              (Y_w, X_w) uint32 owned-cell window (local IDs
+                                              1..n, Blosc-LZ4), the (n, 8) float64 table
+                                              (stitch.OwnedCells.table), then the window's edge
+                                              strips (top, bottom, left, right; Blosc-LZ4)
         flags/seam, flags/truncated           (N,) bool per cell, index cell_id - 1
 
 A tile file is written under a temporary name and renamed when complete (a single PUT on
@@ -17,7 +19,10 @@ object stores), so a tile interrupted half-way is never seen and is recomputed. 
 per tile instead of a zarr group with two arrays: a tile is written once and read about seven
 times (its own stitching, its neighbours', the output blocks it overlaps), and zarr's metadata
 documents and async round trips cost more than the data (write 22 -> 4 ms, read 4 -> 2.5 ms
-for a 1098^2 window). When the run's fingerprint (backend,
+for a 1098^2 window). The engine also stores the window's four edge bands that neighbouring
+windows overlap (``write_tile(edges=...)``, after the table): stitching reads only those, and
+an output block that only touches a tile's margin decodes one strip, not the whole window.
+When the run's fingerprint (backend,
 parameters, tile plan, statistics) changes, the stored tiles are discarded. After a successful
 run the tiles are deleted and only the flags stay; :func:`read_cell_flags` gives them to the
 measurement stage.
@@ -152,9 +157,15 @@ class ScratchStore:
         table: NDArray[np.float64],
         *,
         attrs: dict[str, Any] | None = None,
+        edges: tuple[int, int, int, int] | None = None,
     ) -> None:
-        """Store one tile's owned-cell window and cell table; visible only once complete."""
-        payload = _encode_tile(labels, table, attrs or {})
+        """Store one tile's owned-cell window and cell table; visible only once complete.
+
+        ``edges`` = ``(top, bottom, left, right)`` widths in pixels of the window's edge strips
+        to store separately as well (the bands its neighbours' windows overlap): a read of a
+        region inside one of them then decodes that strip instead of the whole window.
+        """
+        payload = _encode_tile(labels, table, attrs or {}, edges)
         fs, root = self._fs()
         path = self._tile_path(root, index)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
@@ -176,13 +187,33 @@ class ScratchStore:
 
     def _window(self, index: int, read: tuple[dict[str, Any], bytes, int] | None = None) -> NDArray[np.uint32]:
         """The decoded window of tile ``index`` (from the run's cache, ``read``, or the store)."""
-        window = _cached_window(self.url, self.run, index) if self.run else None
-        if window is None:
-            header, data, offset = read if read is not None else self._read(index)
-            window = _decode_labels(header, data, offset)
-            if self.run:
-                _remember(self.url, self.run, index, window)
+        hit = _cached(self.url, self.run, index, "window") if self.run else None
+        if hit is not None:
+            return hit.array
+        header, data, offset = read if read is not None else self._read(index)
+        window = _decode_labels(header, data, offset)
+        if self.run:
+            _remember(self.url, self.run, index, "window", _Piece(window, 0, 0))
         return window
+
+    def _piece(self, index: int, rows: slice, cols: slice) -> NDArray[np.uint32]:
+        """Window rows/cols of tile ``index``, decoding only a stored edge strip when one holds them."""
+        parts = ("window", *_EDGES)
+        for part in parts if self.run else ():
+            hit = _cached(self.url, self.run, index, part)
+            if hit is not None and hit.holds(rows, cols):
+                return hit.view(rows, cols)
+        header, data, offset = self._read(index)
+        shape = (int(header["shape"][0]), int(header["shape"][1]))
+        rows, cols = slice(*rows.indices(shape[0])[:2]), slice(*cols.indices(shape[1])[:2])
+        for k, width in enumerate(header.get("edges") or ()):
+            box = _edge_box(_EDGES[k], int(width), shape)
+            if box is not None and _holds(box, rows, cols):
+                strip = _Piece(_decode_edge(header, data, offset, k), box[0], box[1])
+                if self.run:
+                    _remember(self.url, self.run, index, _EDGES[k], strip)
+                return strip.view(rows, cols)
+        return self._window(index, (header, data, offset))[rows, cols]
 
     def read_tile_labels(
         self, index: int, region: tuple[slice, slice] | None = None, *, copy: bool = True
@@ -190,20 +221,19 @@ class ScratchStore:
         """Owned-cell window of tile ``index`` (or a region of it, window-relative slices).
 
         With ``copy=False`` the result may be a read-only view of the run's cached window
-        (cheaper for callers that only read it).
+        (cheaper for callers that only read it). A region inside one of the edge strips stored
+        with the tile (``write_tile(edges=...)``) decodes that strip only.
         """
-        window = self._window(index)
-        view = window if region is None else window[region]
+        if region is None or any(s.step not in (None, 1) for s in region):
+            window = self._window(index)
+            view = window if region is None else window[region]
+        else:
+            view = self._piece(index, *region)
         return view if not copy else np.array(view, dtype=np.uint32)
 
     def read_tile_table(self, index: int) -> NDArray[np.float64]:
         """``(n, 8)`` cell table of tile ``index``."""
         return _decode_table(*self._read(index))
-
-    def read_tile(self, index: int) -> tuple[NDArray[np.uint32], NDArray[np.float64]]:
-        """Window (a read-only view when cached for the run) and table of tile ``index``, one read."""
-        read = self._read(index)
-        return self._window(index, read), _decode_table(*read)
 
     def remove_tiles(self) -> None:
         """Delete the stored tiles (after a successful run)."""
@@ -232,17 +262,80 @@ _MAGIC = b"TILEDSEG-TILE-1\n"
 _LABEL_CODEC = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
 
 
-def _encode_tile(labels: NDArray[np.uint32], table: NDArray[np.float64], attrs: dict[str, Any]) -> bytes:
+#: Edge strips a tile file may hold besides its window, in the order of ``edges``.
+_EDGES = ("top", "bottom", "left", "right")
+
+
+def _holds(box: tuple[int, int, int, int], rows: slice, cols: slice) -> bool:
+    """Whether the window region ``rows, cols`` (explicit bounds) lies in ``box`` = (r0, c0, h, w)."""
+    r0, c0, h, w = box
+    if None in (rows.start, rows.stop, cols.start, cols.stop):
+        return False
+    return bool(r0 <= rows.start <= rows.stop <= r0 + h and c0 <= cols.start <= cols.stop <= c0 + w)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A decoded part of a tile window: ``array`` starts at window row ``r0``, column ``c0``."""
+
+    array: NDArray[np.uint32]
+    r0: int
+    c0: int
+
+    def holds(self, rows: slice, cols: slice) -> bool:
+        h, w = self.array.shape
+        return _holds((self.r0, self.c0, int(h), int(w)), rows, cols)
+
+    def view(self, rows: slice, cols: slice) -> NDArray[np.uint32]:
+        return self.array[rows.start - self.r0 : rows.stop - self.r0, cols.start - self.c0 : cols.stop - self.c0]
+
+
+def _edge_box(part: str, width: int, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``(r0, c0, h, w)`` of edge strip ``part`` of ``width`` pixels in a window of ``shape``."""
+    h, w = shape
+    width = min(width, h if part in ("top", "bottom") else w)
+    if width <= 0:
+        return None
+    return {
+        "top": (0, 0, width, w), "bottom": (h - width, 0, width, w),
+        "left": (0, 0, h, width), "right": (0, w - width, h, width),
+    }[part]
+
+
+def _edge(lab: NDArray[np.uint32], part: str, width: int) -> NDArray[np.uint32]:
+    box = _edge_box(part, width, (int(lab.shape[0]), int(lab.shape[1])))
+    if box is None:
+        return lab[:0, :0]
+    r0, c0, h, w = box
+    return lab[r0 : r0 + h, c0 : c0 + w]
+
+
+def _encode_tile(
+    labels: NDArray[np.uint32],
+    table: NDArray[np.float64],
+    attrs: dict[str, Any],
+    edges: tuple[int, int, int, int] | None = None,
+) -> bytes:
     lab = np.ascontiguousarray(labels, dtype="<u4")
     if lab.ndim != 2:
         raise ParameterError(f"tile labels must be 2-D (Y, X), got shape {lab.shape}")
     tab = np.ascontiguousarray(table, dtype="<f8").reshape(-1, 8)
     blob = bytes(_LABEL_CODEC.encode(lab))
-    header = json.dumps(
-        {"shape": list(lab.shape), "n": int(tab.shape[0]), "labels_bytes": len(blob), "attrs": attrs},
-        default=str,
-    ).encode()
-    return b"".join([_MAGIC, len(header).to_bytes(8, "little"), header, blob, tab.tobytes()])
+    fields: dict[str, Any] = {"shape": list(lab.shape), "n": int(tab.shape[0]), "labels_bytes": len(blob)}
+    strips: list[bytes] = []
+    if edges is not None:
+        if len(edges) != 4 or any(int(e) < 0 for e in edges):
+            raise ParameterError(f"`edges` must be four widths >= 0 (top, bottom, left, right), got {edges!r}")
+        widths = [int(e) for e in edges]
+        strips = [
+            bytes(_LABEL_CODEC.encode(np.ascontiguousarray(_edge(lab, part, width)))) if _edge(lab, part, width).size
+            else b""
+            for part, width in zip(_EDGES, widths, strict=True)
+        ]
+        fields["edges"] = widths
+        fields["edge_bytes"] = [len(b) for b in strips]
+    header = json.dumps({**fields, "attrs": attrs}, default=str).encode()
+    return b"".join([_MAGIC, len(header).to_bytes(8, "little"), header, blob, tab.tobytes(), *strips])
 
 
 def _decode_header(data: bytes, path: str) -> tuple[dict[str, Any], int]:
@@ -268,30 +361,43 @@ def _decode_labels(header: dict[str, Any], data: bytes, offset: int) -> NDArray[
     return out.astype(np.uint32, copy=False)
 
 
+def _decode_edge(header: dict[str, Any], data: bytes, offset: int, k: int) -> NDArray[np.uint32]:
+    """Edge strip ``k`` (see :data:`_EDGES`) stored after the table."""
+    shape = (int(header["shape"][0]), int(header["shape"][1]))
+    box = _edge_box(_EDGES[k], int(header["edges"][k]), shape)
+    assert box is not None  # only called for stored strips
+    sizes = [int(b) for b in header["edge_bytes"]]
+    start = offset + int(header["labels_bytes"]) + int(header["n"]) * 64 + sum(sizes[:k])
+    out = np.empty(box[2:], dtype="<u4")
+    _LABEL_CODEC.decode(data[start : start + sizes[k]], out=out)
+    return out.astype(np.uint32, copy=False)
+
+
 # Within one run a stored tile never changes, and a worker often reads the same window again
 # (for its own stitching and its neighbours', then for each output block it overlaps): keep a
-# few decoded windows per process. Bounded in bytes, so worker memory does not grow with the slide.
-_WINDOWS: OrderedDict[tuple[str, str, int], NDArray[np.uint32]] = OrderedDict()
+# few decoded windows and edge strips per process. Bounded in bytes, so worker memory does not
+# grow with the slide.
+_WINDOWS: OrderedDict[tuple[str, str, int, str], _Piece] = OrderedDict()
 _WINDOWS_BYTES = 96 * 2**20
 _WINDOWS_LOCK = threading.Lock()
 
 
-def _cached_window(url: str, run: str, index: int) -> NDArray[np.uint32] | None:
+def _cached(url: str, run: str, index: int, part: str) -> _Piece | None:
     with _WINDOWS_LOCK:
-        hit = _WINDOWS.get((url, run, index))
+        hit = _WINDOWS.get((url, run, index, part))
         if hit is not None:
-            _WINDOWS.move_to_end((url, run, index))
+            _WINDOWS.move_to_end((url, run, index, part))
         return hit
 
 
-def _remember(url: str, run: str, index: int, window: NDArray[np.uint32]) -> None:
-    window.setflags(write=False)
+def _remember(url: str, run: str, index: int, part: str, piece: _Piece) -> None:
+    piece.array.setflags(write=False)
     with _WINDOWS_LOCK:
-        _WINDOWS[(url, run, index)] = window
-        total = sum(w.nbytes for w in _WINDOWS.values())
+        _WINDOWS[(url, run, index, part)] = piece
+        total = sum(p.array.nbytes for p in _WINDOWS.values())
         while total > _WINDOWS_BYTES and len(_WINDOWS) > 1:
             _, old = _WINDOWS.popitem(last=False)
-            total -= old.nbytes
+            total -= old.array.nbytes
 
 
 def _forget(url: str, index: int | None = None) -> None:

@@ -39,12 +39,16 @@ Locality: every step reads at most ``4 sigma`` of smoothing context, the extent 
 cluster and the growth distance, so :meth:`WatershedBackend.halo_um` covers it and tiling is
 seamless up to the rare nucleus cluster larger than the halo.
 
-Speed (about 0.25 CPU-seconds per Mpx for the default, 2.5x the earlier scikit-image
-pipeline; figures in benchmarks/results/backends.md): float32 throughout; the blob response as a
+Speed (about 0.12 CPU-seconds per Mpx for preparation and segmentation with the default,
+4.5x the earlier scikit-image pipeline; figures in benchmarks/results/backends.md): float32
+throughout; Gaussians by :func:`tiledseg.segment._gaussian.gaussian_filter` (compiled, the same
+bits as SciPy's at about a quarter of the cost); the blob response as a
 Gaussian plus a 5-point Laplacian (half the passes of ``gaussian_laplace``); seeds from
 quantised regional maxima found with two 3 x 3 maximum filters and one labelling (linear time,
 no morphological reconstruction, no ``peak_local_max``); the nuclear watershed only on
-components with several seeds (about a third of the nuclear foreground on dense tissue); the
+components with several seeds (about a third of the nuclear foreground on dense tissue), by the
+compiled :func:`tiledseg.segment._basins.seeded_watershed` (scikit-image's algorithm without its
+padding and conversions); small holes of the tissue mask filled in one compiled pass; the
 growth limit from one chamfer distance transform on the nuclei's bounding box; and the cell
 propagation by :func:`tiledseg.segment._classical.flood`, a bucket-queue watershed on the
 landscape quantised in 1/128 steps that is about 4x faster than scikit-image's heap-based one

@@ -22,6 +22,8 @@ Window = tuple[tuple[int, int], tuple[int, int]]
 def assemble_block(
     block: Window,
     pieces: Sequence[tuple[int, NDArray[np.uint32], Window, NDArray[np.uint32]]],
+    *,
+    out: NDArray[np.uint32] | None = None,
 ) -> NDArray[np.uint32]:
     """Paint one output block from tiles' owned-cell windows.
 
@@ -32,6 +34,9 @@ def assemble_block(
     pieces : sequence of (tile_index, labels, region, relabel_map)
         ``labels`` holds a tile's local IDs on ``region`` (slide coordinates, inside the block
         and the tile's window); ``relabel_map[local]`` is the global ID (0 = drop).
+    out : (Y, X) ndarray of uint32, optional
+        Where to paint (cleared first), e.g. a buffer reused for every block of a worker: a
+        fresh array of an output block's size is page-faulted in anew each time.
 
     Returns
     -------
@@ -39,7 +44,13 @@ def assemble_block(
         The block with global IDs; 0 = background.
     """
     (br0, br1), (bc0, bc1) = block
-    out = np.zeros((br1 - br0, bc1 - bc0), dtype=np.uint32)
+    shape = (br1 - br0, bc1 - bc0)
+    if out is None:
+        out = np.zeros(shape, dtype=np.uint32)
+    elif out.shape != shape or out.dtype != np.uint32:
+        raise ValueError(f"`out` must be a uint32 array of shape {shape}, got {out.dtype} {out.shape}")
+    else:
+        out[...] = 0
     for _, labels, region, relabel in sorted(pieces, key=lambda p: p[0]):
         (r0, r1), (c0, c1) = region
         if not (br0 <= r0 <= r1 <= br1 and bc0 <= c0 <= c1 <= bc1):
