@@ -56,6 +56,9 @@ IMC = ROOT / ".." / "shared" / "data" / "imc_bodenmiller_testdata" / "steinbock"
 NOTES = """
 ## Notes
 
+(Written in the first session. The throughput target is met end to end since the third session:
+see "Third session" above and results/engine.md, round 4.)
+
 * Targets (issue 4). DSB-2018 nuclei F1 >= 0.80 -- met at the nucleus size of the image
   (0.817 with `nucleus_diameter_um=24`, unchanged by the speed work below; 0.79-0.82 for 20-26
   µm; a textbook Otsu + distance transform + watershed reaches 0.67-0.73 on the same image,

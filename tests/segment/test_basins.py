@@ -17,6 +17,13 @@ from tiledseg.segment.watershed import segment_nuclei
 pytest.importorskip("numba")
 
 
+def test_the_compiled_kernels_are_the_ones_running() -> None:
+    """With numba installed the kernels compile (a failure would silently fall back to the
+    library calls, which the equality tests below could not tell apart)."""
+    kernels = basins._kernels()
+    assert kernels is not None and {"heap_flood", "fill_holes"} <= set(kernels)
+
+
 def _case(seed: int, shape: tuple[int, int], n_markers: int, fill: float) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     # distinct elevations: the result is then fully determined, whatever the heap does on ties

@@ -16,12 +16,15 @@ Like every kernel module, no dask, zarr or I/O here.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["fill_small_holes", "seeded_watershed"]
+
+logger = logging.getLogger(__name__)
 
 _KERNELS: dict[str, Any] = {}
 
@@ -33,13 +36,31 @@ def _kernels() -> dict[str, Any] | None:
         try:
             _KERNELS.update(_compile())
             _KERNELS["ready"] = True
-        except Exception:  # noqa: BLE001  numba missing or failing: library fallbacks
-            pass
+        except Exception as exc:  # noqa: BLE001  numba missing or failing: library fallbacks
+            logger.debug("compiled region kernels unavailable (%s); using scikit-image", exc)
     return _KERNELS if _KERNELS["ready"] else None
 
 
 def _compile() -> dict[str, Any]:
     import numba
+
+    @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+    def push(value: Any, age: Any, where: Any, size: int, v: Any, a: int, p: int) -> int:
+        # Sift (v, a, p) up from the end of the heap of ``size`` items; returns the new size.
+        i = size
+        while i > 0:
+            parent = (i - 1) >> 1
+            if v < value[parent] or (v == value[parent] and a < age[parent]):
+                value[i] = value[parent]
+                age[i] = age[parent]
+                where[i] = where[parent]
+                i = parent
+            else:
+                break
+        value[i] = v
+        age[i] = a
+        where[i] = p
+        return size + 1
 
     @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
     def heap_flood(height: Any, labels: Any, mask: Any, width: int) -> None:
@@ -61,22 +82,7 @@ def _compile() -> dict[str, Any]:
         for p in range(n):
             if labels[p] == 0:
                 continue
-            # push (height[p], 0, p)
-            v = np.float64(height[p])
-            i = size
-            size += 1
-            while i > 0:
-                parent = (i - 1) >> 1
-                if v < value[parent] or (v == value[parent] and 0 < age[parent]):
-                    value[i] = value[parent]
-                    age[i] = age[parent]
-                    where[i] = where[parent]
-                    i = parent
-                else:
-                    break
-            value[i] = v
-            age[i] = 0
-            where[i] = p
+            size = push(value, age, where, size, np.float64(height[p]), 0, p)
         while size > 0:
             p = where[0]
             # pop: move the last item down from the root
@@ -130,21 +136,7 @@ def _compile() -> dict[str, Any]:
                     continue
                 labels[q] = label
                 clock += 1
-                v = np.float64(height[q])
-                j = size
-                size += 1
-                while j > 0:
-                    parent = (j - 1) >> 1
-                    if v < value[parent] or (v == value[parent] and clock < age[parent]):
-                        value[j] = value[parent]
-                        age[j] = age[parent]
-                        where[j] = where[parent]
-                        j = parent
-                    else:
-                        break
-                value[j] = v
-                age[j] = clock
-                where[j] = q
+                size = push(value, age, where, size, np.float64(height[q]), clock, q)
 
     @numba.njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
     def fill_holes(mask: Any, max_size: int, out: Any) -> None:

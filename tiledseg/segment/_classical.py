@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tiledseg.errors import ParameterError, SlideFormatError
+from tiledseg.segment._checks import check_nonnegative
 from tiledseg.segment._prepare import DEFAULT_CLIP, ChannelRoles, resolve_channel_roles
 from tiledseg.segment._protocol import BaseBackend
 
@@ -32,51 +33,11 @@ __all__ = [
     "ClassicalBackend",
     "bounding_box",
     "chamfer_distance",
-    "check_nonnegative",
-    "check_positive",
     "check_prepared",
     "flood",
     "grow_nearest",
     "propagate",
 ]
-
-
-def check_positive(name: str, value: Any) -> float:
-    """``float(value)`` when finite and ``> 0``, else a :class:`ParameterError` naming ``name``."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"`{name}` must be a positive number, got {value!r}") from None
-    if not (math.isfinite(out) and out > 0):
-        raise ParameterError(f"`{name}` must be a positive number, got {value!r}")
-    return out
-
-
-def check_nonnegative(name: str, value: Any) -> float:
-    """``float(value)`` when finite and ``>= 0``, else a :class:`ParameterError` naming ``name``."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"`{name}` must be a number >= 0, got {value!r}") from None
-    if not (math.isfinite(out) and out >= 0):
-        raise ParameterError(f"`{name}` must be a number >= 0, got {value!r}")
-    return out
-
-
-def check_unit_interval(name: str, value: Any, *, unit: str = "") -> float | None:
-    """``None``, or ``float(value)`` when it lies in ``[0, 1]``; else a :class:`ParameterError`.
-
-    ``unit`` is added to the message (e.g. ``" (prepared units)"``).
-    """
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"`{name}` must lie in [0, 1]{unit}, got {value!r}") from None
-    if not 0.0 <= out <= 1.0:
-        raise ParameterError(f"`{name}` must lie in [0, 1]{unit}, got {value!r}")
-    return out
 
 
 def _names(value: Sequence[str] | str | None, *, parameter: str) -> tuple[str, ...] | None:

@@ -27,7 +27,6 @@ SciPy does.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tiledseg.errors import ParameterError
+from tiledseg.segment._checks import check_nonnegative
 
 __all__ = ["gaussian_filter", "gaussian_weights"]
 
@@ -72,19 +72,7 @@ def gaussian_weights(sigma: float, *, truncate: float = 4.0) -> NDArray[np.float
 
 
 def _check_sigma(sigma: Any, truncate: Any) -> tuple[float, float]:
-    try:
-        s = float(sigma)
-    except (TypeError, ValueError):
-        raise ParameterError(f"`sigma` must be a number >= 0 (pixels), got {sigma!r}") from None
-    if not (math.isfinite(s) and s >= 0):
-        raise ParameterError(f"`sigma` must be a finite number >= 0 (pixels), got {sigma!r}")
-    try:
-        t = float(truncate)
-    except (TypeError, ValueError):
-        raise ParameterError(f"`truncate` must be a number >= 0 (sigmas), got {truncate!r}") from None
-    if not (math.isfinite(t) and t >= 0):
-        raise ParameterError(f"`truncate` must be a finite number >= 0 (sigmas), got {truncate!r}")
-    return s, t
+    return check_nonnegative("sigma", sigma, unit=" (pixels)"), check_nonnegative("truncate", truncate, unit=" (sigmas)")
 
 
 def gaussian_filter(

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Backend", "BaseBackend", "ChannelStatistics", "PREPARED_BINS", "histogram_percentile"]
+__all__ = ["PREPARED_BINS", "Backend", "BaseBackend", "ChannelStatistics", "histogram_percentile"]
 
 #: Number of histogram bins the engine uses for prepared planes over ``[0, 1]`` (see ``fit``).
 PREPARED_BINS = 1024

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from skimage.segmentation import expand_labels
 
 from tiledseg.errors import ParameterError, SlideFormatError
-from tiledseg.segment._classical import check_nonnegative, check_positive
+from tiledseg.segment._checks import check_nonnegative, check_positive
 from tiledseg.segment._protocol import BaseBackend, ChannelStatistics
 
 __all__ = ["ExpandBackend", "expand_nuclei"]

@@ -45,11 +45,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tiledseg.errors import ChannelNotFoundError, ParameterError, SlideFormatError
+from tiledseg.segment._checks import check_nonnegative, check_positive, check_unit_interval
 from tiledseg.segment._classical import (
-    check_nonnegative,
-    check_positive,
     check_prepared,
-    check_unit_interval,
     propagate,
 )
 from tiledseg.segment._prepare import GAUSSIAN_TRUNCATE, smooth_plane, threshold_otsu_histogram

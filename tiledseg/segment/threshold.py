@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tiledseg.errors import ParameterError
-from tiledseg.segment._classical import check_unit_interval
+from tiledseg.segment._checks import check_unit_interval
 from tiledseg.segment._prepare import (
     prepare_groups,
     resolve_channel_roles,

@@ -68,16 +68,14 @@ from scipy import ndimage as ndi
 
 from tiledseg.errors import ParameterError
 from tiledseg.segment._basins import fill_small_holes, seeded_watershed
-from tiledseg.segment._gaussian import gaussian_filter
+from tiledseg.segment._checks import check_nonnegative, check_positive, check_unit_interval
 from tiledseg.segment._classical import (
     ClassicalBackend,
-    check_nonnegative,
-    check_positive,
     check_prepared,
-    check_unit_interval,
     grow_nearest,
     propagate,
 )
+from tiledseg.segment._gaussian import gaussian_filter
 from tiledseg.segment._prepare import (
     DEFAULT_CLIP,
     GAUSSIAN_TRUNCATE,
