@@ -331,3 +331,33 @@ def test_stored_edge_strips_cover_every_overlap_with_a_neighbour(shape: tuple[in
             assert any(b is not None and _holds(b, *_crop(t, box)) for b in boxes), (t.index, o)
         # strips are no wider than the overlap needs: twice the halo (or the window)
         assert all(w <= min(2 * halo, max(size)) or w == 0 for w in widths)
+
+
+def test_a_small_slide_is_decompressed_once_per_run(
+    one_worker: Client, slide_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs that fit WHOLE_SLIDE_CACHE_BYTES stay decoded in the worker's reader: statistics,
+    fit and tiles read every chunk once (four times without the cache), with the same labels."""
+    import tiledseg.cluster._segment as engine
+
+    reads: list[object] = []
+    direct = engine._Reader._direct
+
+    def counted(self: Any, window: Any) -> Any:
+        reads.append(window)
+        return direct(self, window)
+
+    monkeypatch.setattr(engine._Reader, "_direct", counted)
+    backend = ThresholdBackend(nuclear="DNA1", max_cell_diameter_um=14, smooth_um=0.5)
+    segment_slide(open_slide(slide_url), backend, client=one_worker, tile_size=64, statistics_sample="full")
+    cached = _stored(slide_url)
+    n_chunks = -(-SHAPE[0] // 64) * -(-SHAPE[1] // 64)
+    assert len(reads) == n_chunks
+    reads.clear()
+    monkeypatch.setattr(engine, "WHOLE_SLIDE_CACHE_BYTES", 0)
+    ScratchStore.for_labels(slide_url, "cells").begin(fingerprint="other", reset=True)
+    ScratchStore.for_labels(slide_url, "cells").update({"stats_key": "", "fit_key": ""})  # recompute them
+    segment_slide(open_slide(slide_url), backend, client=one_worker, tile_size=64, statistics_sample="full",
+                  overwrite=True)
+    assert len(reads) >= 3 * n_chunks  # minmax, histogram and fit/tiles passes each decode the chunks
+    np.testing.assert_array_equal(_stored(slide_url), cached)

@@ -173,6 +173,11 @@ def build_inputs(
     return stacked
 
 
+#: Slides whose inputs take at most this many bytes are kept decoded in each worker's reader
+#: during a run (see ``segment_slide``); larger ones use the bounded block cache.
+WHOLE_SLIDE_CACHE_BYTES = 256 * 2**20
+
+
 class _Reader:
     """Reads windows of the input array inside a task (no data moves between workers).
 
@@ -184,7 +189,9 @@ class _Reader:
     many bytes, which serves the halos later windows read from it. Along rows of tiles this
     decompresses each chunk about twice (once as the core's neighbour below, once as a core)
     instead of three times. Memory stays bounded by about ``2 x cache_blocks x inputs x chunk
-    size``, independent of the slide.
+    size``, independent of the slide. The engine raises ``cache_blocks`` to every block of a
+    slide whose inputs take at most :data:`WHOLE_SLIDE_CACHE_BYTES`, so a small slide is
+    decompressed once per run and per worker.
     """
 
     def __init__(self, array: da.Array, *, chunks: tuple[int, int], cache_blocks: int = 9) -> None:
@@ -309,16 +316,18 @@ class _Reader:
 # --------------------------------------------------------------------------------------------
 
 
-def _task_minmax(reader: _Reader, window: Window) -> NDArray[np.float64]:
-    return minmax_partial(reader.read(window, cache=False))
+def _task_minmax(reader: _Reader, window: Window, cache: bool = False) -> NDArray[np.float64]:
+    return minmax_partial(reader.read(window, cache=cache))
 
 
-def _task_fused(reader: _Reader, window: Window) -> FusedPartial:
-    return fused_partial(reader.read(window, cache=False))
+def _task_fused(reader: _Reader, window: Window, cache: bool = False) -> FusedPartial:
+    return fused_partial(reader.read(window, cache=cache))
 
 
-def _task_histogram(reader: _Reader, window: Window, minmax: NDArray[np.float64], bins: int) -> NDArray[np.int64]:
-    return histogram_partial(reader.read(window, cache=False), minmax, bins=bins)
+def _task_histogram(
+    reader: _Reader, window: Window, minmax: NDArray[np.float64], bins: int, cache: bool = False
+) -> NDArray[np.int64]:
+    return histogram_partial(reader.read(window, cache=cache), minmax, bins=bins)
 
 
 def _task_prepared_histogram(
@@ -802,7 +811,13 @@ def segment_slide(
         raise ParameterError(f"`batch_size` must be >= 1, got {batch_size}")
 
     scratch = ScratchStore.for_labels(slide.url, labels_name, storage_options=storage_options)
-    reader = _Reader(image, chunks=_chunk_grid(image))
+    # A slide whose inputs fit in WHOLE_SLIDE_CACHE_BYTES stays decoded in each worker's reader
+    # for the whole run: the statistics passes, the fit pass and the tiles then decompress
+    # every chunk once instead of four times.
+    grid = _chunk_grid(image)
+    n_blocks = -(-ny // grid[0]) * -(-nx // grid[1])
+    whole = int(image.nbytes) <= WHOLE_SLIDE_CACHE_BYTES
+    reader = _Reader(image, chunks=grid, cache_blocks=n_blocks if whole else 9)
     [reader_f] = client.scatter([reader], broadcast=True, hash=False)  # type: ignore[no-untyped-call]
     [backend_f] = client.scatter([backend], broadcast=True, hash=False)  # type: ignore[no-untyped-call]
     tiles = plan.tiles
@@ -855,14 +870,14 @@ def segment_slide(
         if one_pass_supported(image.dtype):
             # One read of every input pixel: exact extremes plus fine histograms.
             stage = _Stage("statistics", n_win, progress)
-            leaves = client.map(_task_fused, [reader_f] * n_win, stat_windows, pure=False)
+            leaves = client.map(_task_fused, [reader_f] * n_win, stat_windows, [whole] * n_win, pure=False)
             raw = _tree_merge(client, leaves, lambda _: stage.advance())
             stats = finalize_fused(names, raw, n_pixels=n_stat_pixels)
         else:
             stage = _Stage("statistics", 2 * n_win, progress)
             parts = _gather_all(
                 client,
-                client.map(_task_minmax, [reader_f] * n_win, stat_windows, pure=False),
+                client.map(_task_minmax, [reader_f] * n_win, stat_windows, [whole] * n_win, pure=False),
                 lambda _: stage.advance(),
             )
             minmax = merge_minmax(parts)
@@ -870,7 +885,7 @@ def segment_slide(
                 client,
                 client.map(
                     _task_histogram, [reader_f] * n_win, stat_windows, [minmax] * n_win,
-                    [DEFAULT_BINS] * n_win, pure=False,
+                    [DEFAULT_BINS] * n_win, [whole] * n_win, pure=False,
                 ),
                 lambda _: stage.advance(),
             )
