@@ -361,3 +361,20 @@ def test_a_small_slide_is_decompressed_once_per_run(
                   overwrite=True)
     assert len(reads) >= 3 * n_chunks  # minmax, histogram and fit/tiles passes each decode the chunks
     np.testing.assert_array_equal(_stored(slide_url), cached)
+
+
+def test_whole_slide_budget_respects_worker_memory(one_worker: Client) -> None:
+    from tiledseg.cluster._segment import WHOLE_SLIDE_CACHE_BYTES, _whole_slide_budget
+
+    class Fake:
+        def __init__(self, limits: list[int | None]) -> None:
+            self.limits = limits
+
+        def scheduler_info(self) -> dict[str, Any]:
+            return {"workers": {str(i): {"memory_limit": m} for i, m in enumerate(self.limits)}}
+
+    assert _whole_slide_budget(Fake([2**30, 8 * 2**30])) == 2**28  # a quarter of the smallest
+    assert _whole_slide_budget(Fake([None, 0])) == WHOLE_SLIDE_CACHE_BYTES  # no limits known
+    assert _whole_slide_budget(Fake([64 * 2**30])) == WHOLE_SLIDE_CACHE_BYTES
+    assert _whole_slide_budget(object()) == WHOLE_SLIDE_CACHE_BYTES  # type: ignore[arg-type]
+    assert 0 < _whole_slide_budget(one_worker) <= WHOLE_SLIDE_CACHE_BYTES

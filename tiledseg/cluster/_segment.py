@@ -173,9 +173,21 @@ def build_inputs(
     return stacked
 
 
-#: Slides whose inputs take at most this many bytes are kept decoded in each worker's reader
-#: during a run (see ``segment_slide``); larger ones use the bounded block cache.
-WHOLE_SLIDE_CACHE_BYTES = 256 * 2**20
+#: Slides whose inputs take at most this many bytes (and at most a quarter of the smallest
+#: worker's memory limit, see :func:`_whole_slide_budget`) are kept decoded in each worker's
+#: reader during a run (see ``segment_slide``); larger ones use the bounded block cache.
+WHOLE_SLIDE_CACHE_BYTES = 512 * 2**20
+
+
+def _whole_slide_budget(client: Client) -> int:
+    """Input bytes a worker may keep decoded for a run: :data:`WHOLE_SLIDE_CACHE_BYTES`, at most a
+    quarter of the smallest worker memory limit the scheduler knows of."""
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        limits = [int(w.get("memory_limit") or 0) for w in workers]
+    except Exception:  # noqa: BLE001  an odd client: the fixed budget
+        limits = []
+    return min([WHOLE_SLIDE_CACHE_BYTES] + [limit // 4 for limit in limits if limit > 0])
 
 
 class _Reader:
@@ -190,8 +202,8 @@ class _Reader:
     decompresses each chunk about twice (once as the core's neighbour below, once as a core)
     instead of three times. Memory stays bounded by about ``2 x cache_blocks x inputs x chunk
     size``, independent of the slide. The engine raises ``cache_blocks`` to every block of a
-    slide whose inputs take at most :data:`WHOLE_SLIDE_CACHE_BYTES`, so a small slide is
-    decompressed once per run and per worker.
+    slide whose inputs fit :func:`_whole_slide_budget` (512 MiB, at most a quarter of a
+    worker's memory limit), so a small slide is decompressed once per run and per worker.
     """
 
     def __init__(self, array: da.Array, *, chunks: tuple[int, int], cache_blocks: int = 9) -> None:
@@ -811,12 +823,12 @@ def segment_slide(
         raise ParameterError(f"`batch_size` must be >= 1, got {batch_size}")
 
     scratch = ScratchStore.for_labels(slide.url, labels_name, storage_options=storage_options)
-    # A slide whose inputs fit in WHOLE_SLIDE_CACHE_BYTES stays decoded in each worker's reader
+    # A slide whose inputs fit the whole-slide budget stays decoded in each worker's reader
     # for the whole run: the statistics passes, the fit pass and the tiles then decompress
     # every chunk once instead of four times.
     grid = _chunk_grid(image)
     n_blocks = -(-ny // grid[0]) * -(-nx // grid[1])
-    whole = int(image.nbytes) <= WHOLE_SLIDE_CACHE_BYTES
+    whole = int(image.nbytes) <= _whole_slide_budget(client)
     reader = _Reader(image, chunks=grid, cache_blocks=n_blocks if whole else 9)
     [reader_f] = client.scatter([reader], broadcast=True, hash=False)  # type: ignore[no-untyped-call]
     [backend_f] = client.scatter([backend], broadcast=True, hash=False)  # type: ignore[no-untyped-call]
