@@ -36,13 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import dask
 from distributed import Client, LocalCluster
 
 from tiledseg.api import segment
-from tiledseg.cluster._deploy import embedded_config
+from tiledseg.cluster._deploy import local_cluster
 from tiledseg.datasets import write_synthetic_slide
 from tiledseg.io import open_slide, output_status
+from tiledseg.io._store import normalise_url
 
 
 def _load_bigslide() -> Any:
@@ -132,7 +132,8 @@ def _periodic(work: Path, source: str, size: int, channels: int, repeats: tuple[
     """The ``repeats``-fold tiling of ``source`` (``benchmarks/_bigslide.py``), built unless cached."""
     ry, rx = repeats
     url = str(work / f"periodic-{size}-{ry}x{rx}-c{channels}.ome.zarr")
-    if _cached(url, "periodic", {"source": source, "repeats": [ry, rx]}):
+    # The slide records its source as a normalised URL (absolute path).
+    if _cached(url, "periodic", {"source": normalise_url(source), "repeats": [ry, rx]}):
         print(f"reusing {url}", flush=True)
         return url
     t0, c0 = time.perf_counter(), time.process_time()
@@ -150,10 +151,9 @@ def _run_one(url: str, label: str, n: int, args: argparse.Namespace) -> dict[str
     shutil.rmtree(Path(url) / ".tiledseg", ignore_errors=True)
     # The settings of the clusters tiledseg starts (no statistical profiler, worker allocator
     # settings), as users get them; --dask-defaults measures Dask's own.
-    settings = {} if args.dask_defaults else embedded_config()
-    with dask.config.set(settings):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               memory_limit=None, dashboard_address=":0", config=settings)
+    kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,
+                              "memory_limit": None, "dashboard_address": ":0"}
+    cluster = LocalCluster(**kwargs) if args.dask_defaults else local_cluster(**kwargs)
     with Client(cluster) as client:
         cpu0 = sum(client.run(_cpu_seconds).values())
         driver0 = _cpu_seconds()

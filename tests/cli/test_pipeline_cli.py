@@ -144,12 +144,14 @@ def test_run_command_exit_code_on_failed_slide(tmp_path: Path, slide: str, addre
         (["run", "SLIDE", "-o", "OUT", "--quantiles", "1.5"], ParameterError),
         (["run", "SLIDE", "-o", "OUT", "--memory", "lots"], ClusterConfigError),
         (["run", "SLIDE", "-o", "OUT", "--json-log", "/nonexistent/dir/log.jsonl"], ParameterError),
+        (["run", "SLIDE", "-o", "OUT", "--statistics-sample", "2"], ParameterError),
     ],
 )
 def test_run_command_errors(args: list[str], error: type[Exception], slide: str, tmp_path: Path) -> None:
     args = [slide if a == "SLIDE" else str(tmp_path / "out") if a == "OUT" else a for a in args]
     res = runner.invoke(app, args)
     assert isinstance(res.exception, error), res.output
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 # --------------------------------------------------------------------------- demo

@@ -397,6 +397,7 @@ def test_embedded_cluster_runs_without_the_statistical_profiler(monkeypatch: pyt
         assert set(client.run(_profiling).values()) == {(False, False)}
         # worker processes keep freed arrays instead of page-faulting them in afresh
         assert set(client.run(_malloc_env).values()) == {expected}
+    assert _malloc_env() == expected  # also inherited by workers started later (adaptive, restarts)
     with open_client(n_workers=1, processes=False) as client:
         assert set(client.run(_profiling).values()) == {(False, True)}  # the process's config is untouched
     assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -198,7 +198,7 @@ def test_one_pass_statistics_edge_cases() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
-    dtype=st.sampled_from(["float32", "float64", "uint16", "int16", "uint8"]),
+    dtype=st.sampled_from(["float32", "float64", "uint16", "int16", "uint8", "float16", ">u2", ">f4"]),
     bins=st.sampled_from([1, 7, 1024, 4096]),
     size=st.integers(0, 3000),
 )

@@ -20,6 +20,12 @@ def test_tile_windows_round_trip_with_the_label_codec(tmp_path: Path) -> None:
     assert np.array_equal(store.read_tile_labels(3, (slice(5, 9), slice(60, 90))), labels[5:9, 60:90])
     assert np.array_equal(store.read_tile_table(3), table)
     assert store.tile_attrs(3) == {"cells": 2}
+    # resuming reads only the header of each finished tile: the attributes survive a cut body
+    path = tmp_path / "scratch.zarr" / "tiles" / "3.tile"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b'"attrs"') + 40])
+    assert store.tile_attrs(3) == {"cells": 2}
+    path.write_bytes(whole)
     assert sorted(p.name for p in (tmp_path / "scratch.zarr" / "tiles").iterdir()) == ["3.tile"]
     # the same fingerprint resumes, another discards
     assert store.begin(fingerprint="run-1") is True and store.done_tiles() == {3}
@@ -61,6 +67,8 @@ def test_a_half_written_tile_is_not_finished_and_a_foreign_file_is_refused(tmp_p
     (tiles / "6.tile").write_bytes(b"not a tile")
     with pytest.raises(SlideFormatError, match="6.tile"):
         store.read_tile_table(6)
+    with pytest.raises(SlideFormatError, match="6.tile"):
+        store.tile_attrs(6)
 
 
 def test_windows_are_cached_per_run_and_returned_as_copies(tmp_path: Path) -> None:
@@ -123,6 +131,18 @@ def test_edge_strips_are_decoded_alone_for_regions_inside_them(tmp_path: Path, m
     assert decoded == [(60, 80)] * (1 + 2 + 1 + 6)
     assert np.array_equal(store.read_tile_table(0), table) and np.array_equal(store.read_tile_table(1), table)
     assert np.array_equal(store.read_tile_labels(0), labels)
+    # the table and several regions from one file read, each region from the smallest stored part
+    fresh = dataclasses.replace(store, run="r2")
+    reads: list[int] = []
+    real_read = ScratchStore._read
+    monkeypatch.setattr(ScratchStore, "_read", lambda self, i: reads.append(i) or real_read(self, i))
+    decoded.clear()
+    cells, views = fresh.read_tile_regions(0, [regions[0], regions[3], regions[1]])
+    assert reads == [0] and np.array_equal(cells, table)
+    for view, (rows, cols) in zip(views, [regions[0], regions[3], regions[1]], strict=True):
+        assert np.array_equal(view, labels[rows, cols]) and not view.flags.writeable
+    assert decoded == []  # top, right and bottom strips only
+    monkeypatch.undo()
     # a strip wider than the window is the window
     store.write_tile(3, labels, table, edges=(0, 0, 0, 500))
     assert np.array_equal(store.read_tile_labels(3, (slice(2, 7), slice(0, 80))), labels[2:7])

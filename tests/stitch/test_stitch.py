@@ -239,6 +239,14 @@ def test_compiled_run_statistics_equal_the_numpy_runs(monkeypatch: pytest.Monkey
         for a, b in zip(got, ref, strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}")
+    # sparse IDs (a plugin's) take the runs, not a table sized by the largest ID
+    sparse = (rng.integers(0, 40, size=(50, 60)) * 100_003).astype(np.uint32)
+    got = ownership._run_statistics(sparse)
+    with monkeypatch.context() as m:
+        m.setitem(ownership._STATISTICS_KERNEL, "fn", None)
+        ref = ownership._run_statistics(sparse)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
     # whole tiles: owned cells identical either way
     plan = plan_tiles((120, 130), tile_size=40, halo=9)
     cells = label(disks((120, 130), n=60, radius=(3, 8), seed=3)).astype(np.uint32)

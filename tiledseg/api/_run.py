@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tiledseg.cluster import resolve_statistics
 from tiledseg.cluster._client import (
     ClusterInfo,
     check_tile_memory,
@@ -531,6 +532,7 @@ def run(
     from tiledseg.segment import get_backend
 
     get_backend(backend, **params)  # unknown backend or bad parameter: fail before any work
+    resolve_statistics(statistics_sample, (1, 1))  # a bad statistics_sample too
     out_dir = Path(os.fspath(output_dir)).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ParameterError(f"`output_dir` {str(out_dir)!r} exists and is not a folder")

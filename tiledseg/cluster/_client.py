@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
-from distributed import Client, LocalCluster
+from distributed import Client
 
-from tiledseg.cluster._deploy import ClusterSpec, embedded_config, make_cluster
+from tiledseg.cluster._deploy import ClusterSpec, local_cluster, make_cluster
 from tiledseg.errors import ClusterConfigError
 
 __all__ = [
@@ -74,7 +73,7 @@ def open_client(
         (``"tcp://host:8786"``) or a cluster specification. ``None`` uses ``cluster`` when given,
         else starts an embedded :class:`distributed.LocalCluster` with one single-threaded
         worker process per core, without Dask's statistical profiler (see
-        :func:`embedded_config`).
+        :func:`~tiledseg.cluster._deploy.embedded_config`).
     cluster : ClusterSpec, optional
         Where to run when ``client`` is ``None`` (see :class:`~tiledseg.cluster.ClusterSpec`).
     n_workers : int, optional
@@ -149,20 +148,14 @@ def open_client(
             made.close()
         return
     workers = n_workers or len(os.sched_getaffinity(0))
-    settings = embedded_config()
-    if processes:
-        # Worker processes take their settings from their nanny.
-        cluster_kwargs = {"config": settings, **cluster_kwargs}
-    # Nannies and in-process workers read the settings when they start.
-    with dask.config.set(settings):
-        local = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            processes=processes,
-            dashboard_address=":0",
-            **cluster_kwargs,
-        )
+    local = local_cluster(
+        n_workers=workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        processes=processes,
+        dashboard_address=":0",
+        **cluster_kwargs,
+    )
     c = Client(local)  # type: ignore[no-untyped-call]
     logger.info("started a local Dask cluster: %d workers, dashboard %s", workers, c.dashboard_link)
     try:

@@ -60,6 +60,7 @@ __all__ = [
     "job_script",
     "kubernetes_cluster_spec",
     "load_cluster_config",
+    "local_cluster",
     "make_cluster",
     "parse_memory",
     "resolve_cluster",
@@ -705,6 +706,26 @@ def embedded_config() -> dict[str, Any]:
     return settings
 
 
+def local_cluster(**kwargs: Any) -> Any:
+    """A :class:`distributed.LocalCluster` started with :func:`embedded_config`'s settings.
+
+    The allocator variables are also put in this process's environment where unset (as Dask's
+    nannies do with their own values), so worker processes started later, by adaptive scaling
+    or after a worker died, inherit them too; a value already there wins, as in Dask.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    for key, value in WORKER_MALLOC.items():
+        os.environ.setdefault(key, str(value))
+    settings = embedded_config()
+    if kwargs.get("processes", True):
+        kwargs = {"config": settings, **kwargs}  # each nanny hands these to its worker process
+    # Nannies and in-process workers read the settings when they start.
+    with dask.config.set(settings):
+        return LocalCluster(**kwargs)  # type: ignore[no-untyped-call]
+
+
 def worker_environment() -> dict[str, str]:
     """The settings of :func:`embedded_config` as environment variables for workers started elsewhere.
 
@@ -746,24 +767,17 @@ def make_cluster(spec: ClusterSpec) -> Any:
             f"kind 'address' connects to the running scheduler {spec.address!r}; there is no cluster to create"
         )
     if kind == "local":
-        import dask
-        from distributed import LocalCluster
-
         workers = spec.workers or _usable_cores()
         memory: str | int = spec.memory_bytes if spec.memory_bytes is not None else "auto"
-        settings = embedded_config()
-        with dask.config.set(settings):
-            cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=0 if spec.adaptive else workers,
-                threads_per_worker=spec.threads,
-                memory_limit=memory,
-                processes=True,
-                dashboard_address=":0",
-                resources=spec.worker_resources() or None,
-                local_directory=spec.local_directory,
-                # Each nanny hands these to its worker process.
-                config=settings,
-            )
+        cluster: Any = local_cluster(
+            n_workers=0 if spec.adaptive else workers,
+            threads_per_worker=spec.threads,
+            memory_limit=memory,
+            processes=True,
+            dashboard_address=":0",
+            resources=spec.worker_resources() or None,
+            local_directory=spec.local_directory,
+        )
         logger.info("local cluster: %d workers x %d threads", workers, spec.threads)
     elif kind == "local-gpu":
         try:

@@ -361,7 +361,8 @@ def _task_tiles(
     stats: ChannelStatistics,
     fitted: Mapping[str, float],
     scratch: ScratchStore,
-    retries: int = 0,
+    retries: int,
+    halo: int,
 ) -> list[dict[str, Any]]:
     """Segment a batch of tiles and store each; failures come back as records, never raised.
 
@@ -393,7 +394,7 @@ def _task_tiles(
                 owned = own_cells(np.asarray(lab), tile=tile, slide_shape=slide_shape)
                 info = {"cells": owned.n, "truncated": int(owned.truncated.sum()), "seconds": round(seconds, 4)}
                 scratch.write_tile(
-                    tile.index, owned.labels, owned.table(), attrs=info, edges=_edge_widths(tile, slide_shape)
+                    tile.index, owned.labels, owned.table(), attrs=info, edges=_edge_widths(tile, slide_shape, halo)
                 )
                 out.append({"tile": tile.index, **info})
             pending = []
@@ -411,17 +412,17 @@ def _task_tiles(
     return out
 
 
-def _edge_widths(tile: Tile, slide_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def _edge_widths(tile: Tile, slide_shape: tuple[int, int], halo: int) -> tuple[int, int, int, int]:
     """Widths (top, bottom, left, right) of the bands of ``tile``'s window that neighbours' windows overlap.
 
-    A neighbour's window reaches ``halo`` pixels past its core, which meets this tile's core, so
-    on a side with a neighbour the band is this window's margin there plus ``halo``. Stored as
-    separate strips in the scratch tile, they let stitching (and output blocks that only touch
-    the tile's margin) decode a strip instead of the whole window.
+    A neighbour's window reaches the plan's ``halo`` past its core, which meets this tile's core,
+    so on a side with a neighbour the band is this window's margin there plus ``halo`` (the
+    scratch store clips it to the window). Stored as separate strips in the scratch tile, they
+    let stitching (and output blocks that only touch the tile's margin) decode a strip instead
+    of the whole window.
     """
     (wr0, wr1), (wc0, wc1) = tile.window
     (cr0, cr1), (cc0, cc1) = tile.core
-    halo = max(cr0 - wr0, wr1 - cr1, cc0 - wc0, wc1 - cc1)
     ny, nx = slide_shape
     return (
         cr0 - wr0 + halo if cr0 > 0 else 0,
@@ -450,16 +451,14 @@ def _task_overlaps(
 
     Only the overlapping bands are read (the tiles' stored edge strips), never whole windows.
     """
-    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), scratch.read_tile_table(tile.index))
+    boxes = [(other, box) for other in others if (box := _intersect(tile.window, other.window)) is not None]
+    cells, mine = scratch.read_tile_regions(tile.index, [_crop(tile, box) for _, box in boxes])
+    table = OwnedCells.from_table(np.zeros((0, 0), np.uint32), cells)
     out: dict[tuple[int, int], NDArray[np.int64]] = {}
     if table.n:
-        for other in others:
-            box = _intersect(tile.window, other.window)
-            if box is None:
-                continue
-            mine = scratch.read_tile_labels(tile.index, _crop(tile, box), copy=False)
+        for (other, box), own in zip(boxes, mine, strict=True):
             theirs = scratch.read_tile_labels(other.index, _crop(other, box), copy=False)
-            pairs = pair_overlaps(mine, box, theirs, box)
+            pairs = pair_overlaps(own, box, theirs, box)
             if pairs.size:
                 out[(tile.index, other.index)] = pairs
     return table.area, table.truncated, out
@@ -918,7 +917,7 @@ def segment_slide(
             client,
             [
                 client.submit(
-                    _task_prepared_histogram, reader_f, backend_f, t, pixel_size, stats_f, not sampled,
+                    _task_prepared_histogram, reader_f, backend_f, t, pixel_size, stats_f, whole or not sampled,
                     pure=False, resources=resources, retries=retries,
                 )
                 for t in fit_tiles
@@ -970,7 +969,7 @@ def segment_slide(
     for batch in batches:
         fut = client.submit(
             _task_tiles, reader_f, backend_f, batch, plan.shape, pixel_size, stats_f, fitted, scratch, retries,
-            pure=False, resources=resources, retries=retries,
+            plan.halo, pure=False, resources=resources, retries=retries,
         )
         batch_of[fut.key] = batch
         tile_futures.append(fut)

@@ -23,7 +23,6 @@ Either way the result equals ``array[channels][:, rows, cols]`` bit for bit.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import uuid
@@ -41,8 +40,6 @@ from numpy.typing import NDArray
 from tiledseg.errors import SlideFormatError
 
 __all__ = ["ZarrChannels", "write_region", "zarr_channels"]
-
-logger = logging.getLogger(__name__)
 
 Window = tuple[tuple[int, int], tuple[int, int]]
 

@@ -36,6 +36,7 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +44,11 @@ import fsspec
 import numpy as np
 import zarr
 import zarr.errors
-from numcodecs import Blosc
 from numpy.typing import NDArray
 
 from tiledseg.errors import ParameterError, SlideFormatError
 from tiledseg.io._store import join_url, normalise_url
+from tiledseg.io._write import compressors_for
 
 __all__ = ["ScratchStore", "read_cell_flags", "scratch_url"]
 
@@ -181,8 +182,13 @@ class ScratchStore:
         return header, data, offset
 
     def tile_attrs(self, index: int) -> dict[str, Any]:
-        """Attributes stored with tile ``index``."""
-        header, _, _ = self._read(index)
+        """Attributes stored with tile ``index`` (reads the file's header only)."""
+        fs, root = self._fs()
+        path = self._tile_path(root, index)
+        with fs.open(path, "rb") as f:
+            head = f.read(len(_MAGIC) + 8)
+            size = int.from_bytes(head[len(_MAGIC) :], "little") if head.startswith(_MAGIC) else 0
+            header, _ = _decode_header(head + f.read(size), path)
         return dict(header["attrs"])
 
     def _window(self, index: int, read: tuple[dict[str, Any], bytes, int] | None = None) -> NDArray[np.uint32]:
@@ -196,14 +202,16 @@ class ScratchStore:
             _remember(self.url, self.run, index, "window", _Piece(window, 0, 0))
         return window
 
-    def _piece(self, index: int, rows: slice, cols: slice) -> NDArray[np.uint32]:
+    def _piece(
+        self, index: int, rows: slice, cols: slice, read: tuple[dict[str, Any], bytes, int] | None = None
+    ) -> NDArray[np.uint32]:
         """Window rows/cols of tile ``index``, decoding only a stored edge strip when one holds them."""
         parts = ("window", *_EDGES)
         for part in parts if self.run else ():
             hit = _cached(self.url, self.run, index, part)
             if hit is not None and hit.holds(rows, cols):
                 return hit.view(rows, cols)
-        header, data, offset = self._read(index)
+        header, data, offset = read if read is not None else self._read(index)
         shape = (int(header["shape"][0]), int(header["shape"][1]))
         rows, cols = slice(*rows.indices(shape[0])[:2]), slice(*cols.indices(shape[1])[:2])
         for k, width in enumerate(header.get("edges") or ()):
@@ -235,6 +243,17 @@ class ScratchStore:
         """``(n, 8)`` cell table of tile ``index``."""
         return _decode_table(*self._read(index))
 
+    def read_tile_regions(
+        self, index: int, regions: Sequence[tuple[slice, slice]]
+    ) -> tuple[NDArray[np.float64], list[NDArray[np.uint32]]]:
+        """Cell table and read-only views of ``regions`` (window-relative) of tile ``index``, one file read.
+
+        Each region decodes the smallest stored part holding it (an edge strip or the window),
+        as :meth:`read_tile_labels` with ``copy=False`` does.
+        """
+        read = self._read(index)
+        return _decode_table(*read), [self._piece(index, rows, cols, read) for rows, cols in regions]
+
     def remove_tiles(self) -> None:
         """Delete the stored tiles (after a successful run)."""
         fs, root = self._fs()
@@ -259,7 +278,7 @@ class ScratchStore:
 
 _TILE_SUFFIX = ".tile"
 _MAGIC = b"TILEDSEG-TILE-1\n"
-_LABEL_CODEC = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
+_LABEL_CODEC = compressors_for(np.dtype(np.uint32), zarr_format=2, labels=True)[0]  # the label images' codec
 
 
 #: Edge strips a tile file may hold besides its window, in the order of ``edges``.

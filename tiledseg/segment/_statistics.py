@@ -164,7 +164,9 @@ def uniform_histogram(values: NDArray[Any], lo: float, hi: float, bins: int) -> 
     bounds = (np.float64(lo), np.float64(hi))  # numpy scalars on purpose: Python floats are "weak"
     kernel = _uniform_kernel()
     flat = np.ascontiguousarray(values).ravel()
-    if kernel is None or flat.dtype.kind not in "fiu":
+    # The kernel compiles for native-order integers, float32 and float64 (not float16 or
+    # big-endian data as zarr v2 may store them): NumPy counts the rest, with the same result.
+    if kernel is None or flat.dtype.kind not in "fiu" or not flat.dtype.isnative or flat.dtype == np.float16:
         return np.histogram(flat, bins=bins, range=bounds)[0].astype(np.int64)  # type: ignore[arg-type]
     edges = np.histogram_bin_edges(np.zeros(0), bins=bins, range=bounds)  # type: ignore[arg-type]
     out = np.zeros(bins, dtype=np.int64)

@@ -127,9 +127,10 @@ def _run_statistics(
     kernel = _statistics_kernel()
     if kernel is not None and labels.dtype in _KERNEL_DTYPES:
         hi = int(labels.max())
-        if hi <= 4 * labels.size + 65536:
+        if hi <= labels.size // 4 + 65536:
             # Dense label values: one compiled pass filling a table per value (integer sums, so
-            # the same numbers as the runs below).
+            # the same numbers as the runs below). The table holds 7 int64 per value, so sparse
+            # IDs (a plugin's, up to millions) take the runs below instead.
             table = np.zeros((hi + 1, 7), dtype=np.int64)
             kernel(labels, table)
             values = np.flatnonzero(table[1:, 0]) + 1
